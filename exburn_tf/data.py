@@ -1,0 +1,328 @@
+"""(x, y) data -> batches: validation, seeded shuffling, batching (SPEC sections 6 and 9).
+
+    data_loader((x, y), batch_size=32, shuffle=True, seed=0)
+      = unpack -> validate_arrays -> make_dataset:
+        from_tensor_slices -> shuffle(N, seed, reshuffle each pass) -> batch -> prefetch
+
+Validation runs once on the host, before any variable changes; the batches come from
+`tf.data`, so the arrays stay in host memory and each batch is copied to the device only when
+the step consumes it.
+"""
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+
+def _parts(value, label):
+    """`[(label, value)]` for one array, one entry per array for a dict or tuple of arrays."""
+    if isinstance(value, dict):
+        return [(f"{label}[{key!r}]", part) for key, part in value.items()]
+    if isinstance(value, tuple):
+        return [(f"{label}[{index}]", part) for index, part in enumerate(value)]
+    return [(label, value)]
+
+
+def _as_numeric(value, label, name):
+    """`value` as a numeric (number or bool) numpy array with a sample dimension."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        array = np.asarray(value, dtype=object)  # ragged nested lists
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise TypeError(f"{name}: {label} must be numeric, got dtype {array.dtype}")
+    if array.ndim == 0:
+        raise ValueError(f"{name}: {label} must have a sample dimension, got a scalar")
+    return array
+
+
+def _check_finite(array, label, name):
+    if np.issubdtype(array.dtype, np.inexact):
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ValueError(
+                f"{name}: {label} contains NaN or Inf values "
+                f"({bad} of {array.size} elements)"
+            )
+
+
+def validate_arrays(x, y, name="data"):
+    """Check `(x, y)` array data on the host before training; return it as numpy arrays.
+
+    Checks, in order: every array is numeric, all arrays have the same number of samples
+    (first dimension), there is at least one sample, float arrays hold no NaN/Inf.
+
+    Args:
+        x: array-like, or a dict / tuple of array-likes for a multi-input model.
+        y: array-like (or a dict / tuple of them).
+        name: how the data is named in error messages; default `"data"`
+            (e.g. `"validation_data"`).
+
+    Returns:
+        `(x, y)` with every array converted by `np.asarray`, dicts and tuples kept.
+
+    Raises:
+        TypeError: `data: x must be numeric, got dtype object`.
+        ValueError: `data: x and y have different lengths: 100 != 99`,
+            `data is empty: x has 0 samples`,
+            `data: x contains NaN or Inf values (3 of 400 elements)`.
+    """
+    converted = {}
+    for label, value in ("x", x), ("y", y):
+        parts = [(part_label, _as_numeric(part, part_label, name))
+                 for part_label, part in _parts(value, label)]
+        if not parts:
+            raise ValueError(f"{name}: {label} has no arrays")
+        converted[label] = parts
+    arrays = converted["x"] + converted["y"]
+    first_label, first = arrays[0]
+    for label, array in arrays[1:]:
+        if len(array) != len(first):
+            raise ValueError(
+                f"{name}: {first_label} and {label} have different lengths: "
+                f"{len(first)} != {len(array)}"
+            )
+    if len(first) == 0:
+        raise ValueError(f"{name} is empty: {first_label} has 0 samples")
+    for label, array in arrays:
+        _check_finite(array, label, name)
+    return _rebuild(x, converted["x"]), _rebuild(y, converted["y"])
+
+
+def _rebuild(value, parts):
+    """Put converted arrays back into the structure of `value` (dict, tuple or one array)."""
+    arrays = [array for _, array in parts]
+    if isinstance(value, dict):
+        return dict(zip(value.keys(), arrays))
+    if isinstance(value, tuple):
+        return tuple(arrays)
+    return arrays[0]
+
+
+def unpack(data, name="data"):
+    """Split an `(x, y)` pair.
+
+    Args:
+        data: a tuple or list of exactly two elements.
+        name: how the data is named in error messages; default `"data"`.
+
+    Returns:
+        `(x, y)`.
+
+    Raises:
+        TypeError: `data` is not a tuple or list.
+        ValueError: `data` does not have exactly two elements.
+    """
+    expected = f"{name} must be an (x, y) pair or a tf.data.Dataset of (x, y) batches"
+    if not isinstance(data, (tuple, list)):
+        raise TypeError(f"{expected}, got {type(data)}")
+    if len(data) != 2:
+        raise ValueError(f"{expected}, got a {type(data).__name__} of length {len(data)}")
+    return data[0], data[1]
+
+
+def num_samples(x):
+    """Number of samples (first-dimension length) of an array or a dict / tuple of arrays."""
+    return len(_parts(x, "x")[0][1])
+
+
+def num_batches(n, batch_size, drop_remainder=False):
+    """Batches in one pass over `n` samples: `n // b` if dropping the remainder, else ceil(n/b)."""
+    if drop_remainder:
+        return n // batch_size
+    return -(-n // batch_size)
+
+
+def make_dataset(x, y, batch_size, shuffle, seed, drop_remainder=False):
+    """A `tf.data.Dataset` of `(x, y)` batches from validated arrays.
+
+    Pipeline: `from_tensor_slices((x, y))` -> `shuffle(N, seed, reshuffle_each_iteration=True)`
+    (when `shuffle`) -> `batch(batch_size, drop_remainder)` -> `prefetch(AUTOTUNE)`.
+
+    The shuffle buffer holds all N samples, so every pass is a uniform random permutation, a
+    new one each pass. Given `seed`, two datasets built alike yield the same sequence of
+    per-pass orders (the n-th pass draws its order from `seed` and n alone). Iterating the
+    dataset e times, even without reading from it, advances to pass e + 1; that is how a
+    resumed run can catch up to the epoch it stopped at.
+
+    Unless `drop_remainder`, the batch dimension of `element_spec` is `None`, so a
+    `tf.function` fed a short last batch does not retrace.
+
+    Args:
+        x: numpy array, or a dict / tuple of arrays, with N samples.
+        y: numpy array with N samples.
+        batch_size: positive int.
+        shuffle: bool; shuffle anew on every pass.
+        seed: int or None (None: nondeterministic unless `tf.random.set_seed` was called).
+        drop_remainder: bool; default False keeps the last, partial batch.
+
+    Returns:
+        A re-iterable `tf.data.Dataset`.
+    """
+    # The arrays become host tensors here; tf.data runs on the CPU and hands each batch to
+    # the device only when a step consumes it.
+    with tf.device("/cpu:0"):
+        dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        dataset = dataset.shuffle(
+            num_samples(x), seed=seed, reshuffle_each_iteration=True
+        )
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_options(batch_size, shuffle, seed, drop_remainder):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {int(batch_size)}")
+    for option, value in ("shuffle", shuffle), ("drop_remainder", drop_remainder):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{option} must be a bool, got {value!r}")
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+    ):
+        raise TypeError(f"seed must be an integer or None, got {seed!r}")
+
+
+def data_loader(data, batch_size=32, shuffle=True, seed=None, drop_remainder=False):
+    """Batches of `(x, y)` for training or evaluation (ExBurn's `data_loader`).
+
+    Args:
+        data: an `(x, y)` pair of arrays / tensors (x may be a dict or tuple of arrays), or a
+            `tf.data.Dataset` of `(x, y)` batches, which is returned as is (`batch_size`,
+            `shuffle`, `seed` and `drop_remainder` are then not used).
+        batch_size: positive int; default 32.
+        shuffle: bool; default True, a new order on every pass.
+        seed: int or None (default); the same seed gives the same sequence of orders.
+        drop_remainder: bool; default False keeps the last, partial batch.
+
+    Returns:
+        A re-iterable of `(x, y)` batches (a `tf.data.Dataset`).
+
+    Raises:
+        TypeError / ValueError: a bad option or bad data, naming the option and the value.
+    """
+    _check_options(batch_size, shuffle, seed, drop_remainder)
+    if isinstance(data, tf.data.Dataset):
+        return data
+    x, y = validate_arrays(*unpack(data, "data"), name="data")
+    batch_size = int(batch_size)
+    if drop_remainder and num_samples(x) < batch_size:
+        raise ValueError(
+            f"data has {num_samples(x)} samples, fewer than batch_size={batch_size} "
+            "with drop_remainder=True"
+        )
+    return make_dataset(x, y, batch_size, bool(shuffle), seed, drop_remainder)
+
+
+def batched(data, batch_size, name="data"):
+    """(x, y) arrays -> an unshuffled batched dataset; a `tf.data.Dataset` passes through."""
+    if isinstance(data, tf.data.Dataset):
+        return data
+    x, y = validate_arrays(*unpack(data, name), name=name)
+    return make_dataset(x, y, batch_size, shuffle=False, seed=None)
+
+
+def epoch_seed(seed, epoch):
+    """The shuffle seed of one epoch: a pure function of (run seed, epoch), so a resumed
+    run replays exactly the permutation the interrupted one would have drawn."""
+    return int((int(seed) * 1_000_003 + int(epoch) * 7_919) % (2**31 - 1))
+
+
+class TrainData:
+    """The training data of one `fit`: a batched dataset per epoch, plus its sizes.
+
+    Array data is validated once and kept as one host-side dataset; each epoch shuffles it
+    with `epoch_seed(seed, epoch)`. A `tf.data.Dataset` is used as given (its own batching
+    and shuffling); its length is taken from its cardinality, or learnt after one epoch.
+    """
+
+    def __init__(self, data, batch_size, shuffle, seed):
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        if isinstance(data, tf.data.Dataset):
+            self.arrays = None
+            self.source = data
+            cardinality = int(data.cardinality())
+            self.num_batches = cardinality if cardinality >= 0 else None
+            self.num_samples = None
+            if cardinality == 0:
+                raise ValueError("data is empty: the tf.data.Dataset has no batches")
+        else:
+            self.arrays = validate_arrays(*unpack(data, "data"))
+            self.num_samples = num_samples(self.arrays[0])
+            self.num_batches = num_batches(self.num_samples, batch_size)
+            with tf.device("/cpu:0"):
+                self.source = tf.data.Dataset.from_tensor_slices(self.arrays)
+
+    def dataset(self, epoch):
+        """The batches of `epoch` (1-based)."""
+        if self.arrays is None:
+            return self.source
+        dataset = self.source
+        if self.shuffle:
+            dataset = dataset.shuffle(self.num_samples, seed=epoch_seed(self.seed, epoch),
+                                      reshuffle_each_iteration=False)
+        return dataset.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def steps_per_epoch(self, accumulate):
+        """Optimizer steps per epoch, ceil(batches / k); None while unknown."""
+        if self.num_batches is None:
+            return None
+        return -(-self.num_batches // accumulate)
+
+    def observe_epoch(self, samples, batches):
+        """Learns the sizes of a dataset of unknown length from its first epoch."""
+        if self.num_batches is None:
+            self.num_batches = batches
+        if self.num_samples is None:
+            self.num_samples = samples
+
+    def first_batch(self):
+        """A small (x, y) batch for checks before training."""
+        if self.arrays is None:
+            return next(iter(self.source.take(1)))
+        x, y = self.arrays
+        return tf.nest.map_structure(lambda a: a[:2], x), y[:2]
+
+    def check_against(self, model):
+        """Raises ValueError if the model rejects the inputs or the loss the targets."""
+        x, y = self.first_batch()
+        check_batch(model, x, y, "data")
+        if self.arrays is not None:
+            from exburn_tf import losses as losses_lib
+            outputs = model.keras_model(x, training=False)
+            losses_lib.validate_labels(model.loss, self.arrays[1], tuple(outputs.shape))
+
+
+def check_batch(model, x, y, name):
+    """One inference-mode forward and loss on (x, y); a failure becomes a ValueError.
+
+    Runs before any variable changes, so a shape the model or loss rejects is reported
+    with the option's name instead of a TensorFlow traceback from inside the step.
+    """
+    try:
+        predictions = model.keras_model(x, training=False)
+    except Exception as error:  # Keras raises many types for bad input shapes
+        shapes = tf.nest.map_structure(lambda t: tuple(np.shape(t)), x)
+        raise ValueError(f"{name}: the model rejects inputs of shape {shapes}: "
+                         f"{_first_line(error)}") from None
+    try:
+        loss = model.loss(y, predictions)
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
+        raise ValueError(f"{name}: the loss rejects targets of shape {tuple(np.shape(y))} "
+                         f"for predictions of shape {tuple(predictions.shape)}: "
+                         f"{_first_line(error)}") from None
+    if np.ndim(loss) != 0:
+        raise ValueError(f"{name}: the loss must return a scalar, got shape {np.shape(loss)}")
+
+
+def check_dataset_against(model, dataset, name):
+    """`check_batch` on the first batch of a dataset."""
+    x, y = next(iter(dataset.take(1)))
+    check_batch(model, x, y, name)
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

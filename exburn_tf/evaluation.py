@@ -1,0 +1,120 @@
+"""Inference-mode passes: `evaluate` (sample-weighted loss / accuracy) and `predict`."""
+
+import numpy as np
+import tensorflow as tf
+
+from exburn_tf import data as data_lib
+from exburn_tf import losses as losses_lib
+from exburn_tf.step import batch_size_of
+from exburn_tf.validation import check_bool, check_int
+
+
+class EvalStep:
+    """A compiled pass over a whole (possibly distributed) dataset in inference mode.
+
+    Returns `[loss_sum, correct, samples]`; every sample counts once, the partial last
+    batch included, whatever the input rank.
+    """
+
+    def __init__(self, model, track_accuracy, strategy):
+        self.model = model
+        self.track_accuracy = track_accuracy
+        self.strategy = strategy
+        self.has_accuracy = False
+        self._function = tf.function(self._run)
+
+    def __call__(self, dataset):
+        iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+        return self._function(iterator).numpy()
+
+    def _forward(self, x, y):
+        keras_model = self.model.keras_model
+        predictions = keras_model(x, training=False)
+        loss = tf.cast(self.model.loss(y, predictions), tf.float32)
+        if keras_model.losses:
+            loss += tf.add_n([tf.cast(l, tf.float32) for l in keras_model.losses])
+        samples = batch_size_of(y)
+        # An empty replica shard (uneven last batch) has a NaN mean; it weighs nothing.
+        loss_sum = tf.where(samples > 0, loss * samples, 0.0)
+        correct = tf.constant(0.0)
+        if self.track_accuracy:
+            counted = losses_lib.count_correct(self.model.loss, y, predictions)
+            if counted is not None:
+                self.has_accuracy = True
+                correct = tf.cast(counted, tf.float32)
+        return tf.stack([loss_sum, correct, samples])
+
+    def _run(self, iterator):
+        def body(done, sums):
+            optional = iterator.get_next_as_optional()
+
+            def take():
+                x, y = optional.get_value()
+                per_replica = self.strategy.run(self._forward, args=(x, y))
+                return sums + self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            has_value = optional.has_value()
+            return tf.logical_not(has_value), tf.cond(has_value, take, lambda: sums)
+
+        _, sums = tf.while_loop(lambda done, _: tf.logical_not(done), body,
+                                (tf.constant(False), tf.zeros([3])))
+        return sums
+
+
+def current_strategy(strategy=None):
+    """The strategy to use: the one given, else the one in scope (default: one device)."""
+    return strategy if strategy is not None else tf.distribute.get_strategy()
+
+
+def eval_step_for(model, track_accuracy, strategy):
+    """A cached `EvalStep`, so repeated evaluation (every epoch) never retraces."""
+    cache = model.__dict__.setdefault("_eval_steps", {})
+    key = (bool(track_accuracy), id(strategy))
+    if key not in cache:
+        cache[key] = EvalStep(model, track_accuracy, strategy)
+    return cache[key]
+
+
+def evaluate_dataset(model, dataset, track_accuracy, strategy):
+    """Returns (loss, accuracy or None) over `dataset`."""
+    step = eval_step_for(model, track_accuracy, strategy)
+    loss_sum, correct, samples = step(dataset)
+    if samples == 0:
+        raise ValueError("evaluation data is empty: no samples to evaluate")
+    accuracy = float(correct / samples) if step.has_accuracy else None
+    return float(loss_sum / samples), accuracy
+
+
+def evaluate(model, data, track_accuracy=False, batch_size=256):
+    """Sample-weighted loss (and accuracy) of `model` over `data`, in inference mode.
+
+    Args:
+        model: an `eb.Model`.
+        data: an (x, y) pair of arrays / tensors, or a `tf.data.Dataset` of (x, y) batches.
+        track_accuracy: also return accuracy (None when the loss has no accuracy, e.g. mse).
+        batch_size: batch size for array data (default 256).
+
+    Returns:
+        `loss`, or `(loss, accuracy_or_None)` when `track_accuracy` is True.
+    """
+    check_bool("track_accuracy", track_accuracy)
+    check_int("batch_size", batch_size)
+    strategy = current_strategy()
+    dataset = data_lib.batched(data, batch_size)
+    loss, accuracy = evaluate_dataset(model, dataset, track_accuracy, strategy)
+    return (loss, accuracy) if track_accuracy else loss
+
+
+def predict(model, x, batch_size=256):
+    """Inference-mode outputs of `model` for `x`, batch by batch, as one NumPy array."""
+    check_int("batch_size", batch_size)
+    if isinstance(x, tf.data.Dataset):
+        dataset = x
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+    cache = model.__dict__
+    if "_predict_function" not in cache:
+        keras_model = model.keras_model
+        cache["_predict_function"] = tf.function(lambda batch: keras_model(batch, training=False))
+    outputs = [np.asarray(cache["_predict_function"](batch)) for batch in dataset]
+    return np.concatenate(outputs, axis=0)

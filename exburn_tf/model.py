@@ -1,0 +1,149 @@
+"""`Model`: a Keras model compiled with ExBurn's loss / optimizer / weight-decay options."""
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from exburn_tf import losses as losses_lib
+from exburn_tf import optimizers as optimizers_lib
+from exburn_tf.state import TrainingState
+from exburn_tf.validation import check_number
+
+
+class Model:
+    """A built Keras model plus everything ExBurn keeps beside it.
+
+    Create one with `Model.compile`; train it with `eb.fit(model, ...)` or `model.fit(...)`.
+
+    Attributes:
+        keras_model: the wrapped `keras.Model`.
+        optimizer: a `keras.optimizers.Optimizer`, built for the trainable variables.
+        loss: the loss callable `(y_true, y_pred) -> scalar`.
+        weight_decay: default coupled L2 coefficient used by `fit`.
+        seed: default seed for shuffling.
+        history: one metrics dict per epoch of every `fit` so far.
+        state: the step counters, epoch and learning-rate scale (`TrainingState`).
+    """
+
+    def __init__(self, keras_model, loss, optimizer, weight_decay=0.0, seed=None):
+        self.keras_model = keras_model
+        self.loss = loss
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.seed = seed
+        self.history = []
+        self.state = TrainingState(float(optimizer.learning_rate.numpy()))
+
+    @classmethod
+    def compile(cls, keras_model, *, loss, optimizer="adam", learning_rate=1e-3,
+                weight_decay=0.0, seed=None, **optimizer_options):
+        """Wraps a built Keras model with a loss and an optimizer (ExBurn's `Model.compile`).
+
+        Args:
+            keras_model: a built `keras.Model` (Sequential, functional or subclassed).
+            loss: "cross_entropy", "mse", "binary_cross_entropy", a Keras loss or a callable.
+            optimizer: "adam" (default), "sgd", "rmsprop", an `eb.optimizers` instance or any
+                Keras optimizer.
+            learning_rate: constant rate, >= 0 (default 1e-3). Ignored for an optimizer
+                instance, which keeps its own.
+            weight_decay: default coupled L2 coefficient for `fit` (default 0.0).
+            seed: default shuffle seed for `fit` (default None).
+            **optimizer_options: hyper-parameters of a named optimizer (momentum, beta_1, ...).
+
+        Returns:
+            A `Model`.
+        """
+        if not isinstance(keras_model, keras.Model):
+            raise TypeError(
+                f"keras_model must be a keras.Model, got {type(keras_model).__name__}")
+        if not keras_model.built or not keras_model.weights:
+            raise ValueError(
+                f"keras_model {keras_model.name!r} is not built: call it once on a batch, "
+                "or give it an Input, before Model.compile")
+        learning_rate = check_number("learning_rate", learning_rate, minimum=0.0)
+        weight_decay = check_number("weight_decay", weight_decay, minimum=0.0)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an integer or None, got {seed!r}")
+        loss_fn = losses_lib.get(loss)
+        if isinstance(optimizer, keras.optimizers.Optimizer):
+            if optimizer_options:
+                raise ValueError(
+                    f"optimizer options {sorted(optimizer_options)} cannot be combined with an "
+                    "optimizer instance; set them on the instance")
+            opt = _with_variable_learning_rate(optimizer)
+        else:
+            opt = optimizers_lib.get(optimizer, learning_rate=learning_rate, **optimizer_options)
+        # Build the optimizer now so its slots exist for checkpoints and for tf.distribute
+        # (slots must be created under the strategy scope the model was created in).
+        opt.build(keras_model.trainable_variables)
+        return cls(keras_model, loss_fn, opt, weight_decay=weight_decay, seed=seed)
+
+    @property
+    def params(self):
+        """Trainable variables keyed `"layer.variable"` (nested layers joined with dots)."""
+        out = {}
+        for variable in self.keras_model.trainable_variables:
+            parts = variable.path.split("/")
+            key = ".".join(parts[1:]) if len(parts) > 1 else parts[0]
+            unique, n = key, 1
+            while unique in out:
+                n += 1
+                unique = f"{key}_{n}"
+            out[unique] = variable
+        return out
+
+    def predict(self, x, batch_size=256):
+        """Forward pass in inference mode over `x` in batches; returns a NumPy array."""
+        from exburn_tf.evaluation import predict
+        return predict(self, x, batch_size=batch_size)
+
+    def fit(self, data, **options):
+        """Same as `eb.fit(self, data, **options)`."""
+        from exburn_tf.training import fit
+        return fit(self, data, **options)
+
+    def evaluate(self, data, track_accuracy=False, batch_size=256):
+        """Same as `eb.evaluate(self, data, track_accuracy, batch_size)`."""
+        from exburn_tf.evaluation import evaluate
+        return evaluate(self, data, track_accuracy=track_accuracy, batch_size=batch_size)
+
+    def summary(self):
+        """A Keras-style table of layers, output shapes and parameter counts, as a string."""
+        lines = []
+        self.keras_model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+        return "\n".join(lines)
+
+    def save(self, path):
+        """Writes the full training state to `path` (see `eb.checkpoint`)."""
+        from exburn_tf.checkpoint import save_model
+        return save_model(self, path)
+
+    @classmethod
+    def load(cls, path, keras_model=None):
+        """Restores a `Model` written by `save`."""
+        from exburn_tf.checkpoint import load_model
+        return load_model(path, keras_model=keras_model)
+
+    def export(self, path):
+        """Writes a TensorFlow SavedModel with `serve` and `serving_default` endpoints."""
+        from exburn_tf.export import export
+        return export(self, path)
+
+    def __repr__(self):
+        n = sum(int(np.prod(v.shape)) for v in self.keras_model.trainable_variables)
+        return (f"<exburn_tf.Model {self.keras_model.name!r}: {n} trainable parameters, "
+                f"optimizer={type(self.optimizer).__name__}, {len(self.history)} epochs trained>")
+
+
+def _with_variable_learning_rate(optimizer):
+    """Returns `optimizer`, rebuilt with a constant rate if it was made with a schedule.
+
+    The trainer sets the rate of every step itself (schedule x warmup x lr_scale), which
+    needs a rate variable; a Keras optimizer created with a schedule has none.
+    """
+    if not isinstance(getattr(optimizer, "_learning_rate", None),
+                      keras.optimizers.schedules.LearningRateSchedule):
+        return optimizer
+    raise ValueError(
+        "optimizer was created with a learning-rate schedule; give the schedule to "
+        "fit(lr_schedule=...) and create the optimizer with a constant learning_rate")

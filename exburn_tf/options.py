@@ -1,0 +1,94 @@
+"""`FitOptions`: every `fit` option, checked once at the boundary.
+
+Inner code trusts these values. Each check raises `TypeError` / `ValueError` naming the
+option and the value received, before anything in the model changes.
+"""
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import tensorflow as tf
+
+from exburn_tf.validation import check_bool, check_choice, check_int, check_number
+
+GRAD_METHODS = ("autodiff", "numerical", "numerical_batch")
+MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass
+class FitOptions:
+    """The options of `fit`, with API.md's defaults."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    shuffle: bool = True
+    validation_data: Any = None
+    callbacks: Any = ()
+    verbose: bool = True
+    lr_schedule: Any = None
+    lr_schedule_unit: str = "epoch"
+    warmup: int = 0
+    clip_norm: Optional[float] = None
+    clip_value: Optional[float] = None
+    weight_decay: Optional[float] = None
+    weight_decay_mode: str = "coupled"
+    accumulate_gradients: int = 1
+    accuracy: bool = False
+    nesterov: bool = False
+    seed: Optional[int] = None
+    grad_method: str = "autodiff"
+    epsilon: float = 1e-5
+    steps_per_execution: Any = "auto"
+    jit_compile: bool = False
+    strategy: Any = None
+    mixed_precision: Optional[str] = None
+    tensorboard: Any = None
+    checkpoint_dir: Any = None
+    checkpoint_every: int = 1
+    resume: bool = False
+    terminate_on_nan: bool = True
+    max_skipped_steps: int = 100
+
+    def __post_init__(self):
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size)
+        check_bool("shuffle", self.shuffle)
+        if isinstance(self.verbose, bool) or self.verbose in (0, 1, 2):
+            self.verbose = bool(self.verbose)
+        else:
+            raise TypeError(f"verbose must be True or False, got {self.verbose!r}")
+        check_choice("lr_schedule_unit", self.lr_schedule_unit, ("epoch", "step"))
+        check_int("warmup", self.warmup, minimum=0)
+        check_number("clip_norm", self.clip_norm, minimum=0.0, exclusive=True, allow_none=True)
+        check_number("clip_value", self.clip_value, minimum=0.0, exclusive=True, allow_none=True)
+        check_number("weight_decay", self.weight_decay, minimum=0.0, allow_none=True)
+        check_choice("weight_decay_mode", self.weight_decay_mode, ("coupled", "decoupled"))
+        check_int("accumulate_gradients", self.accumulate_gradients)
+        check_bool("accuracy", self.accuracy)
+        check_bool("nesterov", self.nesterov)
+        check_int("seed", self.seed, minimum=0, allow_none=True)
+        check_choice("grad_method", self.grad_method, GRAD_METHODS)
+        check_number("epsilon", self.epsilon, minimum=0.0, exclusive=True)
+        if self.steps_per_execution != "auto":
+            check_int("steps_per_execution", self.steps_per_execution)
+        check_bool("jit_compile", self.jit_compile)
+        if self.strategy is not None and not isinstance(self.strategy, tf.distribute.Strategy):
+            raise TypeError(
+                f"strategy must be a tf.distribute.Strategy or None, got {self.strategy!r}")
+        if self.mixed_precision is not None:
+            check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_POLICIES)
+        for name in ("tensorboard", "checkpoint_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"{name} must be a directory path or None, got {value!r}")
+        check_int("checkpoint_every", self.checkpoint_every)
+        check_bool("resume", self.resume)
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir, got checkpoint_dir=None")
+        check_bool("terminate_on_nan", self.terminate_on_nan)
+        check_int("max_skipped_steps", self.max_skipped_steps)
+        if self.grad_method != "autodiff" and self.strategy is not None:
+            raise ValueError(
+                f"grad_method={self.grad_method!r} runs on one device only; "
+                "use grad_method='autodiff' with a strategy")

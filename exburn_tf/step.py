@@ -1,0 +1,288 @@
+"""The compiled training step.
+
+One `tf.function` runs up to `num_steps` optimizer steps per call, pulling micro-batches
+from an iterator inside the graph:
+
+    for each optimizer step:
+        k micro-batches ─► forward (training=True) ─► loss × batch size ─► GradientTape
+                        └► all-reduce (SUM over replicas) ─► running sums
+        sums / samples ─► weight decay ─► clip by norm ─► clip by value   (GradientPipeline)
+        finite?  ─► yes: rate = schedule × warmup × lr_scale; optimizer update
+                 └► no:  variables untouched, counted as skipped
+
+Only the call's metric vector crosses to the host, once per call.
+
+Distribution: the per-replica part (forward + tape) runs under `strategy.run`; everything
+after the SUM all-reduce runs in the cross-replica context, so the norm clip sees the global
+gradient and the finite check / update can sit inside a `tf.cond` (a cond around a
+`merge_call` is not allowed in a replica context).
+"""
+
+import dataclasses
+from typing import Callable
+
+import tensorflow as tf
+
+from exburn_tf import gradients as gradients_lib
+from exburn_tf import losses as losses_lib
+from exburn_tf import numerical
+
+# Positions in the metric vector a call returns.
+(LOSS_SUM, CORRECT, SAMPLES, GRAD_NORM_SUM, STEPS, SKIPPED, MICRO_BATCHES,
+ LAST_LR, DONE, MAX_SKIPPED_IN_ROW) = range(10)
+NUM_SUMS = 7  # the first seven entries add up over steps
+
+# Dynamic loss scaling (mixed_float16): double the scale after this many finite steps.
+LOSS_SCALE_GROWTH_INTERVAL = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What the compiled step does; built and validated by `fit` / `train_step`.
+
+    Attributes:
+        pipeline: the gradient pipeline (decay -> norm clip -> value clip).
+        learning_rate: a function of the `TrainingState` returning this step's rate.
+        accumulate: micro-batches per optimizer step (>= 1).
+        track_accuracy: also count correct predictions.
+        decoupled_decay: AdamW-style decay coefficient applied with the update (0: off).
+        dynamic_loss_scale: scale the loss for float16 and adapt the scale.
+        jit_compile: XLA-compile the per-replica forward/backward part.
+        grad_method: "autodiff" (GradientTape) or a finite-difference method of
+            `exburn_tf.numerical` (for gradient checking; one device only).
+        epsilon: finite-difference step.
+    """
+
+    pipeline: gradients_lib.GradientPipeline
+    learning_rate: Callable
+    accumulate: int = 1
+    track_accuracy: bool = False
+    decoupled_decay: float = 0.0
+    dynamic_loss_scale: bool = False
+    jit_compile: bool = False
+    grad_method: str = "autodiff"
+    epsilon: float = 1e-5
+
+
+def batch_size_of(y):
+    """Number of samples in a batch of targets, as float32 (the first dimension)."""
+    first = tf.nest.flatten(y)[0]
+    return tf.cast(tf.shape(first)[0], tf.float32)
+
+
+class ForwardBackward:
+    """The per-replica part: forward, loss, gradients, correct count.
+
+    Returns the gradient of (mean loss × batch size), so that summing over micro-batches
+    and replicas and dividing by the total sample count gives the sample-weighted mean.
+    """
+
+    def __init__(self, model, config, state=None):
+        self.model = model
+        self.config = config
+        self.state = state
+        self.has_accuracy = False  # set while tracing: False when the loss has no accuracy
+        self.fn = tf.function(self._run, jit_compile=True) if config.jit_compile else self._run
+
+    def _loss(self, y, predictions):
+        keras_model = self.model.keras_model
+        loss = tf.cast(self.model.loss(y, predictions), tf.float32)
+        if keras_model.losses:
+            loss += tf.add_n([tf.cast(l, tf.float32) for l in keras_model.losses])
+        return loss
+
+    def _run(self, x, y):
+        keras_model = self.model.keras_model
+        variables = keras_model.trainable_variables
+        samples = batch_size_of(y)
+        with tf.GradientTape() as tape:
+            predictions = keras_model(x, training=True)
+            loss = self._loss(y, predictions)
+            # An empty replica shard (uneven last batch) has a NaN mean; it weighs nothing.
+            objective = tf.where(samples > 0, loss * samples, 0.0)
+            if self.config.dynamic_loss_scale:
+                objective_for_grads = objective * self.state.loss_scale
+            else:
+                objective_for_grads = objective
+        if self.config.grad_method == "autodiff":
+            grads = tape.gradient(objective_for_grads, variables)
+        else:
+            # Finite differences need a deterministic forward: inference mode.
+            mean_grads = numerical.gradients(
+                lambda: self._loss(y, keras_model(x, training=False)), variables,
+                self.config.epsilon, self.config.grad_method)
+            grads = [g * samples for g in mean_grads]
+        grads = [tf.zeros(v.shape, tf.float32) if g is None else tf.cast(g, tf.float32)
+                 for g, v in zip(grads, variables)]
+        return grads, objective, self._correct(y, predictions), samples
+
+    def _correct(self, y, predictions):
+        if not self.config.track_accuracy:
+            return tf.constant(0.0)
+        counted = losses_lib.count_correct(self.model.loss, y, predictions)
+        if counted is None:
+            return tf.constant(0.0)
+        self.has_accuracy = True
+        return tf.cast(counted, tf.float32)
+
+
+class TrainStep:
+    """A compiled multi-step training function bound to one model and one `StepConfig`.
+
+    Call it with an iterator over (x, y) micro-batches (a `tf.data` or distributed
+    iterator) and the number of optimizer steps to run; it returns the metric vector
+    (see the index constants above) as a NumPy array.
+    """
+
+    def __init__(self, model, config, strategy):
+        self.model = model
+        self.config = config
+        self.strategy = strategy
+        self.trace_count = 0
+        self._forward_backward = ForwardBackward(model, config, state=model.state)
+        self._function = tf.function(self._run_steps)
+
+    @property
+    def has_accuracy(self):
+        """Whether the loss defines an accuracy (known once the step has been traced)."""
+        return self._forward_backward.has_accuracy
+
+    def __call__(self, iterator, num_steps):
+        # Host sync point: one read-back per call, never per step.
+        return self._function(iterator, tf.constant(num_steps, tf.int32)).numpy()
+
+    # -- per micro-batch ---------------------------------------------------------------
+
+    def _replicated(self, x, y):
+        """Forward/backward on every replica, then SUM over replicas (all-reduce)."""
+        per_replica = self.strategy.run(self._forward_backward.fn, args=(x, y))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def _accumulate(self, iterator):
+        """Pulls up to k micro-batches; returns (count, grad sums, loss sum, correct, samples)."""
+        variables = self.model.keras_model.trainable_variables
+        zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
+        empty = (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
+
+        def pull(got, grad_sums, loss_sum, correct, samples):
+            optional = iterator.get_next_as_optional()
+
+            def take():
+                x, y = optional.get_value()
+                grads, objective, batch_correct, batch_samples = self._replicated(x, y)
+                return (got + 1, [a + b for a, b in zip(grad_sums, grads)],
+                        loss_sum + objective, correct + batch_correct, samples + batch_samples)
+
+            return tf.cond(optional.has_value(), take,
+                           lambda: (got, grad_sums, loss_sum, correct, samples))
+
+        if self.config.accumulate == 1:
+            return pull(*empty)
+        k = self.config.accumulate
+        # A group ends after k micro-batches, or early when the iterator runs dry.
+        _, *result = tf.while_loop(
+            lambda i, got, *_: tf.logical_and(i < k, tf.equal(got, i)),
+            lambda i, *carry: (i + 1, *pull(*carry)),
+            (tf.constant(0), *empty))
+        return tuple(result)
+
+    # -- per optimizer step ------------------------------------------------------------
+
+    def _apply(self, grad_sums, loss_sum, samples):
+        """The pipeline and the guarded update; returns (grad_norm, skipped, lr)."""
+        state = self.model.state
+        variables = self.model.keras_model.trainable_variables
+        grads = [g / samples for g in grad_sums]
+        if self.config.dynamic_loss_scale:
+            grads = [g / state.loss_scale for g in grads]
+        grads, grad_norm = self.config.pipeline(grads, variables)
+        finite = gradients_lib.all_finite(loss_sum, grad_norm)
+        lr = tf.cast(self.config.learning_rate(state), tf.float32)
+
+        def update():
+            if self.config.decoupled_decay:
+                for variable in variables:
+                    variable.assign_sub(lr * self.config.decoupled_decay * variable)
+            self.model.optimizer.learning_rate.assign(lr)
+            self.model.optimizer.apply(grads, variables)
+            return tf.constant(0.0)
+
+        skipped = tf.cond(finite, update, lambda: tf.constant(1.0))
+        state.skipped_in_row.assign(tf.where(finite, tf.zeros_like(state.skipped_in_row),
+                                             state.skipped_in_row + 1))
+        if self.config.dynamic_loss_scale:
+            self._adapt_loss_scale(finite)
+        state.global_step.assign_add(1)
+        state.run_step.assign_add(1)
+        return tf.where(finite, grad_norm, 0.0), skipped, lr
+
+    def _adapt_loss_scale(self, finite):
+        """Halve the scale on overflow; double it after a run of finite steps."""
+        state = self.model.state
+        good = tf.where(finite, state.good_steps + 1, 0)
+        grow = good >= LOSS_SCALE_GROWTH_INTERVAL
+        scale = tf.where(finite, tf.where(grow, state.loss_scale * 2.0, state.loss_scale),
+                         tf.maximum(state.loss_scale / 2.0, 1.0))
+        state.loss_scale.assign(scale)
+        state.good_steps.assign(tf.where(grow, tf.zeros_like(good), good))
+
+    # -- per call ------------------------------------------------------------------------
+
+    def _run_steps(self, iterator, num_steps):
+        self.trace_count += 1  # Python side effect: runs only while tracing.
+        k = self.config.accumulate
+
+        state = self.model.state
+
+        def one_step(i, done, sums, last_lr, max_in_row):
+            got, grad_sums, loss_sum, correct, samples = self._accumulate(iterator)
+
+            def step():
+                grad_norm, skipped, lr = self._apply(grad_sums, loss_sum, samples)
+                return tf.stack([loss_sum, correct, samples, grad_norm, 1.0, skipped,
+                                 tf.cast(got, tf.float32)]), lr
+
+            step_sums, lr = tf.cond(got > 0, step, lambda: (tf.zeros([NUM_SUMS]), last_lr))
+            max_in_row = tf.maximum(max_in_row, tf.cast(state.skipped_in_row, tf.float32))
+            return i + 1, got < k, sums + step_sums, lr, max_in_row
+
+        _, done, sums, last_lr, max_in_row = tf.while_loop(
+            lambda i, done, *_: tf.logical_and(i < num_steps, tf.logical_not(done)),
+            one_step,
+            (tf.constant(0), tf.constant(False), tf.zeros([NUM_SUMS]), tf.constant(0.0),
+             tf.constant(0.0)))
+        return tf.concat([sums, [last_lr, tf.cast(done, tf.float32), max_in_row]], axis=0)
+
+
+def learning_rate_fn(schedule, unit, warmup):
+    """Returns `state -> rate`: schedule(position) × warmup factor × lr_scale.
+
+    Args:
+        schedule: a `LearningRateSchedule` (or None for the constant `state.base_lr`).
+        unit: "epoch" (position = epoch index of the run) or "step" (optimizer step).
+        warmup: warmup length in optimizer steps (0: none).
+    """
+    from exburn_tf.schedules import Warmup
+
+    def rate(state):
+        if schedule is None:
+            value = state.base_lr
+        else:
+            position = state.run_epoch if unit == "epoch" else state.run_step
+            value = tf.cast(schedule(position), tf.float32)
+        if warmup:
+            value = value * Warmup.warmup_factor(state.run_step, warmup)
+        return value * state.lr_scale
+
+    return rate
+
+
+def default_config(model, clip_norm=None, clip_value=None, weight_decay=None,
+                   accumulate=1, track_accuracy=False) -> StepConfig:
+    """A `StepConfig` with a constant rate, for `train_step` and tests."""
+    decay = model.weight_decay if weight_decay is None else weight_decay
+    pipeline = gradients_lib.GradientPipeline(
+        weight_decay=decay, clip_norm=clip_norm, clip_value=clip_value)
+    return StepConfig(pipeline=pipeline, learning_rate=learning_rate_fn(None, "epoch", 0),
+                      accumulate=accumulate, track_accuracy=track_accuracy)
+

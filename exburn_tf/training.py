@@ -1,0 +1,320 @@
+"""`fit` — ExBurn's training loop — plus the other training functions, re-exported.
+
+The loop, in data-flow order:
+
+    options ─► data (validated, batched, shuffled per epoch) ─► compiled step
+    for each epoch:
+        calls of the compiled step, each running several optimizer steps
+        ─► epoch metrics ─► validation ─► callbacks (map -> map) ─► progress ─► history
+"""
+
+import difflib
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from exburn_tf import callbacks as callbacks_lib
+from exburn_tf import data as data_lib
+from exburn_tf import gradients as gradients_lib
+from exburn_tf import schedules as schedules_lib
+from exburn_tf import step as step_lib
+from exburn_tf.custom_loop import compute_gradients, profile_step, train_step  # noqa: F401
+from exburn_tf.data import data_loader  # noqa: F401
+from exburn_tf.evaluation import evaluate, evaluate_dataset
+from exburn_tf.model import Model
+from exburn_tf.options import FitOptions
+from exburn_tf.pacing import CallPacer
+from exburn_tf.validation import check_number
+
+__all__ = ["fit", "evaluate", "train_step", "compute_gradients", "data_loader", "profile_step"]
+
+_OPTION_NAMES = tuple(FitOptions.__dataclass_fields__)
+_NOT_YET = {
+    "mixed_precision": "mixed precision",
+    "tensorboard": "TensorBoard logging",
+    "checkpoint_dir": "checkpointing",
+}
+
+
+def parse_options(options):
+    """`FitOptions` from keyword arguments; a misspelled option is a `TypeError`."""
+    for name in options:
+        if name not in _OPTION_NAMES:
+            close = difflib.get_close_matches(name, _OPTION_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"fit got an unknown option {name!r}{hint}")
+    opts = FitOptions(**options)
+    for name, what in _NOT_YET.items():
+        if getattr(opts, name) is not None:
+            raise NotImplementedError(f"{name}: {what} is not available in this version yet")
+    return opts
+
+
+def fit(model, data, **options):
+    """Trains `model` on `data` (ExBurn's `Training.fit`); returns the model.
+
+    Args:
+        model: an `eb.Model` from `Model.compile`.
+        data: an (x, y) pair of arrays / tensors, or a `tf.data.Dataset` of (x, y) batches.
+        **options: see API.md ("fit options"); each is validated before anything changes.
+
+    Returns:
+        The trained model; `model.history` has one dict per epoch appended.
+    """
+    opts = parse_options(options)
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an exburn_tf.Model, got {type(model).__name__}")
+    strategy = opts.strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        return _Fit(model, data, opts, strategy).run()
+
+
+class _Fit:
+    """One `fit` call: prepared once in `__init__`, then `run` goes epoch by epoch."""
+
+    def __init__(self, model, data, opts, strategy):
+        self.opts = opts
+        self.strategy = strategy
+        _check_strategy(model, opts.strategy)
+        self.train = data_lib.TrainData(data, opts.batch_size, opts.shuffle,
+                                        _seed(opts.seed, model.seed))
+        self.validation = None
+        if opts.validation_data is not None:
+            self.validation = data_lib.batched(opts.validation_data, 256, "validation_data")
+        self.callbacks = callbacks_lib.CallbackList(list(opts.callbacks))
+        self.progress = callbacks_lib.Progress(verbose=opts.verbose)
+        self.steps_per_epoch = self.train.steps_per_epoch(opts.accumulate_gradients)
+        horizon = opts.epochs if opts.lr_schedule_unit == "epoch" else \
+            (self.steps_per_epoch or 1) * opts.epochs
+        self.schedule = schedules_lib.get(opts.lr_schedule, horizon=horizon)
+        self._bind(model)
+
+    def _bind(self, model):
+        """Checks `model` against the data and compiles its step (again after a swap)."""
+        if not isinstance(model, Model):
+            raise TypeError(f"a callback replaced model with {type(model).__name__}, "
+                            "expected an exburn_tf.Model")
+        self.model = model
+        self.train.check_against(model)
+        if self.validation is not None:
+            data_lib.check_dataset_against(model, self.validation, "validation_data")
+        self.step = step_lib.TrainStep(model, _step_config(model, self.opts, self.schedule),
+                                       self.strategy)
+        self.pacer = CallPacer(self.opts.steps_per_execution)
+
+    def run(self):
+        opts, model = self.opts, self.model
+        model.state.start_run()
+        if isinstance(self.schedule, float):
+            model.state.base_lr.assign(self.schedule)
+        self.progress.header(self.train.num_samples, self.train.num_batches, opts.epochs,
+                             opts.batch_size, opts.accumulate_gradients)
+        self.callbacks.on_train_begin(model, {"epochs": opts.epochs, "steps": self.steps_per_epoch,
+                                              "verbose": int(opts.verbose)})
+        started = time.perf_counter()
+        self.epoch_seconds = []
+        metrics = {}
+        with _nesterov(model.optimizer, opts.nesterov):
+            for epoch in range(1, opts.epochs + 1):
+                metrics = self._epoch(epoch, started)
+                if metrics.get("stop_training"):
+                    break
+        self.callbacks.on_train_end(self.model, metrics)
+        return self.model
+
+    def _epoch(self, epoch, started):
+        """Trains one epoch, validates, runs callbacks and progress; returns the dict."""
+        opts, state = self.opts, self.model.state
+        state.run_epoch.assign(epoch - 1)
+        self.callbacks.on_epoch_begin(epoch)
+        epoch_start = time.perf_counter()
+        sums, timing = self._train_epoch(epoch)
+        metrics = self._metrics(epoch, sums, timing)
+        if self.validation is not None:
+            val_loss, val_accuracy = evaluate_dataset(self.model, self.validation, opts.accuracy,
+                                                      self.strategy)
+            metrics["val_loss"] = val_loss
+            if val_accuracy is not None:
+                metrics["val_accuracy"] = val_accuracy
+        self._time_metrics(metrics, epoch, epoch_start, started, timing)
+        _check_finite_epoch(metrics, sums, opts)
+        reported_lr = metrics["lr"]
+        metrics = self.callbacks.on_epoch_end(metrics)
+        self._apply_callback_results(metrics, reported_lr)
+        self.progress.epoch_end(metrics)
+        self.model.history.append({k: v for k, v in metrics.items() if k != "model"})
+        return metrics
+
+    def _train_epoch(self, epoch):
+        """Runs the compiled step until the epoch's batches are used up."""
+        iterator = iter(self.strategy.experimental_distribute_dataset(self.train.dataset(epoch)))
+        total = self.steps_per_epoch
+        sums = np.zeros(step_lib.NUM_SUMS)
+        max_in_row = 0.0
+        timing = {"steady_seconds": 0.0, "steady_samples": 0.0, "traced_seconds": 0.0,
+                  "traced_samples": 0.0}
+        done = 0
+        while total is None or done < total:
+            num_steps = self.pacer.next(None if total is None else total - done)
+            traces = self.step.trace_count
+            call_start = time.perf_counter()
+            out = self.step(iterator, num_steps)
+            seconds = time.perf_counter() - call_start
+            sums += out[:step_lib.NUM_SUMS]
+            max_in_row = max(max_in_row, out[step_lib.MAX_SKIPPED_IN_ROW])
+            done += int(out[step_lib.STEPS])
+            timing["last_lr"] = float(out[step_lib.LAST_LR])
+            if self.step.trace_count != traces:
+                # Tracing: keep it out of rates and the ETA.
+                timing["traced_seconds"] += seconds
+                timing["traced_samples"] += out[step_lib.SAMPLES]
+            else:
+                self.pacer.observe(int(out[step_lib.STEPS]), seconds)
+                timing["steady_seconds"] += seconds
+                timing["steady_samples"] += out[step_lib.SAMPLES]
+            self._report_progress(epoch, done, total, timing)
+            _check_skipped_in_row(max_in_row, self.opts)
+            if out[step_lib.DONE]:
+                break
+        return sums, timing
+
+    def _report_progress(self, epoch, done, total, timing):
+        rate = _rate(timing)
+        eta = None
+        if total is not None and rate:
+            eta = (total - done) * self.opts.batch_size * self.opts.accumulate_gradients / rate
+        self.progress.batch_update(epoch, done, total, rate, eta)
+        self.callbacks.on_train_batch_end(max(done - 1, 0), {})
+
+    def _metrics(self, epoch, sums, timing):
+        """The epoch dict of SPEC §7 from the summed step metrics."""
+        state = self.model.state
+        samples = sums[step_lib.SAMPLES]
+        if samples == 0:
+            raise ValueError("data is empty: the training dataset yielded no samples")
+        applied = sums[step_lib.STEPS] - sums[step_lib.SKIPPED]
+        metrics = {
+            "epoch": epoch,
+            "epochs": self.opts.epochs,
+            "loss": float(sums[step_lib.LOSS_SUM] / samples),
+            "lr": timing.get("last_lr", float(state.base_lr.numpy())),
+            "lr_scale": float(state.lr_scale.numpy()),
+            "step": int(state.global_step.numpy()),
+            "skipped_steps": int(sums[step_lib.SKIPPED]),
+            "model": self.model,
+        }
+        if self.opts.accuracy and self.step.has_accuracy:
+            metrics["accuracy"] = float(sums[step_lib.CORRECT] / samples)
+        if applied > 0:
+            metrics["grad_norm"] = float(sums[step_lib.GRAD_NORM_SUM] / applied)
+        self.train.observe_epoch(int(samples), int(sums[step_lib.MICRO_BATCHES]))
+        return metrics
+
+    def _time_metrics(self, metrics, epoch, epoch_start, started, timing):
+        now = time.perf_counter()
+        epoch_seconds = now - epoch_start
+        rate = _rate(timing)
+        metrics["samples_per_sec"] = rate or 0.0
+        metrics["epoch_time_ms"] = epoch_seconds * 1000.0
+        metrics["total_time_ms"] = (now - started) * 1000.0
+        # The ETA ignores tracing: it extrapolates steady epochs only.
+        self.epoch_seconds.append(epoch_seconds - timing["traced_seconds"] + _traced_share(timing))
+        if epoch < self.opts.epochs:
+            metrics["eta_ms"] = (self.opts.epochs - epoch) * float(np.mean(self.epoch_seconds)) * 1000
+
+    def _apply_callback_results(self, metrics, reported_lr):
+        """Reads what the callbacks asked for: lr_scale, a new constant lr, a new model."""
+        state = self.model.state
+        scale = check_number("lr_scale (returned by a callback)", metrics.get("lr_scale", 1.0),
+                             minimum=0.0)
+        state.lr_scale.assign(scale)
+        constant_rate = self.schedule is None or isinstance(self.schedule, float)
+        new_lr = metrics.get("lr", reported_lr)
+        if constant_rate and new_lr != reported_lr:
+            new_lr = check_number("lr (returned by a callback)", new_lr, minimum=0.0)
+            state.base_lr.assign(new_lr / scale if scale else new_lr)
+        if metrics.get("model") is not self.model:
+            self._bind(metrics["model"])
+
+
+def _step_config(model, opts, schedule):
+    decay = model.weight_decay if opts.weight_decay is None else opts.weight_decay
+    coupled = decay if opts.weight_decay_mode == "coupled" else 0.0
+    pipeline = gradients_lib.GradientPipeline(
+        weight_decay=coupled, clip_norm=opts.clip_norm, clip_value=opts.clip_value)
+    learning_rate = step_lib.learning_rate_fn(
+        None if isinstance(schedule, float) else schedule, opts.lr_schedule_unit, opts.warmup)
+    return step_lib.StepConfig(
+        pipeline=pipeline, learning_rate=learning_rate, accumulate=opts.accumulate_gradients,
+        track_accuracy=opts.accuracy,
+        decoupled_decay=decay if opts.weight_decay_mode == "decoupled" else 0.0,
+        jit_compile=opts.jit_compile, grad_method=opts.grad_method, epsilon=opts.epsilon)
+
+
+def _seed(seed, model_seed):
+    """The shuffle seed of this run: fit's, else the model's, else a fresh random one."""
+    if seed is not None:
+        return seed
+    if model_seed is not None:
+        return model_seed
+    return int(np.random.SeedSequence().entropy % (2**31))
+
+
+def _check_strategy(model, strategy):
+    if strategy is None:
+        return
+    for variable in model.keras_model.trainable_variables:
+        inner = getattr(variable, "value", variable)
+        if not strategy.extended.variable_created_in_scope(inner):
+            raise ValueError(
+                f"strategy: variable {variable.path!r} was not created under this strategy's "
+                "scope; build the Keras model and call eb.Model.compile inside "
+                "`with strategy.scope():`")
+
+
+class _nesterov:
+    """Turns Nesterov on for the optimizer during one fit (SGD only)."""
+
+    def __init__(self, optimizer, enabled):
+        self.optimizer, self.enabled = optimizer, enabled
+        if enabled and not hasattr(optimizer, "nesterov"):
+            raise ValueError(
+                f"nesterov=True needs the SGD optimizer, got {type(optimizer).__name__}")
+
+    def __enter__(self):
+        if self.enabled:
+            self.previous = self.optimizer.nesterov
+            self.optimizer.nesterov = True
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.optimizer.nesterov = self.previous
+
+
+def _rate(timing):
+    if timing["steady_seconds"] > 0:
+        return timing["steady_samples"] / timing["steady_seconds"]
+    return None
+
+
+def _traced_share(timing):
+    """Steady-rate time of the samples that ran inside traced calls (0 before any rate)."""
+    rate = _rate(timing)
+    return timing["traced_samples"] / rate if rate else 0.0
+
+
+def _check_finite_epoch(metrics, sums, opts):
+    if opts.terminate_on_nan and sums[step_lib.STEPS] > 0 and \
+            sums[step_lib.SKIPPED] == sums[step_lib.STEPS]:
+        raise FloatingPointError(
+            f"terminate_on_nan: every optimizer step of epoch {metrics['epoch']} had a "
+            "non-finite loss or gradient; the weights are those before the first such step")
+
+
+def _check_skipped_in_row(max_in_row, opts):
+    if opts.terminate_on_nan and max_in_row >= opts.max_skipped_steps:
+        raise FloatingPointError(
+            f"terminate_on_nan: {int(max_in_row)} optimizer steps in a row had a non-finite "
+            f"loss or gradient (max_skipped_steps={opts.max_skipped_steps}); the weights are "
+            "those before the first such step")
