@@ -204,7 +204,7 @@ class TrainStep:
                 for variable in variables:
                     variable.assign_sub(lr * self.config.decoupled_decay * variable)
             self.model.optimizer.learning_rate.assign(lr)
-            self.model.optimizer.apply(grads, variables)
+            self._optimizer_update(grads, variables)
             return tf.constant(0.0)
 
         skipped = tf.cond(finite, update, lambda: tf.constant(1.0))
@@ -215,6 +215,24 @@ class TrainStep:
         state.global_step.assign_add(1)
         state.run_step.assign_add(1)
         return tf.where(finite, grad_norm, 0.0), skipped, lr
+
+    def _optimizer_update(self, grads, variables):
+        """`optimizer.apply` with the global gradient, on every replica.
+
+        Keras' TF optimizer applies in a replica context, where it SUM-reduces the
+        gradients it is given; we are in the cross-replica context holding the already
+        reduced gradient, so each replica gets gradient / replicas (exact for powers of 2).
+        """
+        optimizer = self.model.optimizer
+        replicas = self.strategy.num_replicas_in_sync
+        if not tf.distribute.has_strategy():
+            optimizer.apply(grads, variables)
+            return
+        shares = [g / replicas for g in grads] if replicas > 1 else grads
+        per_replica = self.strategy.experimental_distribute_values_from_function(
+            lambda context: [tf.identity(g) for g in shares])
+        self.strategy.extended.call_for_each_replica(
+            lambda replica_grads: optimizer.apply(replica_grads, variables), args=(per_replica,))
 
     def _adapt_loss_scale(self, finite):
         """Halve the scale on overflow; double it after a run of finite steps."""

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from exburn_tf import callbacks as callbacks_lib
 from exburn_tf import data as data_lib
+from exburn_tf import checkpoint as checkpoint_lib
 from exburn_tf import gradients as gradients_lib
 from exburn_tf import schedules as schedules_lib
 from exburn_tf import step as step_lib
@@ -25,6 +26,7 @@ from exburn_tf.evaluation import evaluate, evaluate_dataset
 from exburn_tf.model import Model
 from exburn_tf.options import FitOptions
 from exburn_tf.pacing import CallPacer
+from exburn_tf.resume import EpochCheckpoints, RunContext, is_chief
 from exburn_tf.validation import check_number
 
 __all__ = ["fit", "evaluate", "train_step", "compute_gradients", "data_loader", "profile_step"]
@@ -33,7 +35,6 @@ _OPTION_NAMES = tuple(FitOptions.__dataclass_fields__)
 _NOT_YET = {
     "mixed_precision": "mixed precision",
     "tensorboard": "TensorBoard logging",
-    "checkpoint_dir": "checkpointing",
 }
 
 
@@ -77,13 +78,19 @@ class _Fit:
         self.opts = opts
         self.strategy = strategy
         _check_strategy(model, opts.strategy)
+        self.chief = is_chief(strategy)
         self.train = data_lib.TrainData(data, opts.batch_size, opts.shuffle,
-                                        _seed(opts.seed, model.seed))
+                                        _seed(opts.seed, model.seed, strategy))
         self.validation = None
         if opts.validation_data is not None:
             self.validation = data_lib.batched(opts.validation_data, 256, "validation_data")
         self.callbacks = callbacks_lib.CallbackList(list(opts.callbacks))
-        self.progress = callbacks_lib.Progress(verbose=opts.verbose)
+        self.progress = callbacks_lib.Progress(verbose=opts.verbose and self.chief)
+        self.context = RunContext(self.train.seed, self.callbacks, opts, chief=self.chief)
+        self.checkpoints = None
+        if opts.checkpoint_dir is not None:
+            self.checkpoints = EpochCheckpoints(opts.checkpoint_dir, opts.checkpoint_every,
+                                                chief=self.chief)
         self.steps_per_epoch = self.train.steps_per_epoch(opts.accumulate_gradients)
         horizon = opts.epochs if opts.lr_schedule_unit == "epoch" else \
             (self.steps_per_epoch or 1) * opts.epochs
@@ -105,23 +112,38 @@ class _Fit:
 
     def run(self):
         opts, model = self.opts, self.model
-        model.state.start_run()
+        model.run_context = self.context
         if isinstance(self.schedule, float):
             model.state.base_lr.assign(self.schedule)
         self.progress.header(self.train.num_samples, self.train.num_batches, opts.epochs,
                              opts.batch_size, opts.accumulate_gradients)
         self.callbacks.on_train_begin(model, {"epochs": opts.epochs, "steps": self.steps_per_epoch,
                                               "verbose": int(opts.verbose)})
+        first_epoch = self._resume() if opts.resume else self._start()
         started = time.perf_counter()
         self.epoch_seconds = []
         metrics = {}
         with _nesterov(model.optimizer, opts.nesterov):
-            for epoch in range(1, opts.epochs + 1):
+            for epoch in range(first_epoch, opts.epochs + 1):
                 metrics = self._epoch(epoch, started)
                 if metrics.get("stop_training"):
                     break
         self.callbacks.on_train_end(self.model, metrics)
         return self.model
+
+    def _start(self):
+        self.model.state.start_run()
+        return 1
+
+    def _resume(self):
+        """Restores the newest checkpoint of `checkpoint_dir`; returns the next epoch."""
+        path = checkpoint_lib.latest(self.opts.checkpoint_dir)
+        if path is None:
+            return self._start()
+        meta = checkpoint_lib.restore(self.model, path)
+        self.context.restore_record(meta)
+        self.train.seed = self.context.seed
+        return meta["epoch"] + 1
 
     def _epoch(self, epoch, started):
         """Trains one epoch, validates, runs callbacks and progress; returns the dict."""
@@ -144,6 +166,10 @@ class _Fit:
         self._apply_callback_results(metrics, reported_lr)
         self.progress.epoch_end(metrics)
         self.model.history.append({k: v for k, v in metrics.items() if k != "model"})
+        self.context.epoch = epoch
+        if self.checkpoints is not None:
+            last = epoch == opts.epochs or bool(metrics.get("stop_training"))
+            self.checkpoints.maybe_save(self.model, epoch, last)
         return metrics
 
     def _train_epoch(self, epoch):
@@ -252,12 +278,15 @@ def _step_config(model, opts, schedule):
         jit_compile=opts.jit_compile, grad_method=opts.grad_method, epsilon=opts.epsilon)
 
 
-def _seed(seed, model_seed):
+def _seed(seed, model_seed, strategy):
     """The shuffle seed of this run: fit's, else the model's, else a fresh random one."""
     if seed is not None:
         return seed
     if model_seed is not None:
         return model_seed
+    if getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)():
+        raise ValueError("seed: multi-worker training needs fit(seed=...) (or a model seed) "
+                         "so that every worker shuffles the data the same way; got seed=None")
     return int(np.random.SeedSequence().entropy % (2**31))
 
 

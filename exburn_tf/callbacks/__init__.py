@@ -5,6 +5,7 @@
 """
 
 from exburn_tf.callbacks.base import CallbackList
+from exburn_tf.callbacks.checkpoint import Checkpoint
 from exburn_tf.callbacks.early_stopping import EarlyStopping
 from exburn_tf.callbacks.logging import LoggingCallback
 from exburn_tf.callbacks.progress import Progress
@@ -12,6 +13,7 @@ from exburn_tf.callbacks.reduce_lr import ReduceLROnPlateau
 
 __all__ = [
     "CallbackList",
+    "Checkpoint",
     "EarlyStopping",
     "LoggingCallback",
     "Progress",
