@@ -1,14 +1,18 @@
 """Full training-state checkpoints: write atomically, read without running code.
 
 A checkpoint is one directory holding a `tf.train.Checkpoint` (TensorFlow's own format:
-`ckpt.index` + `ckpt.data-*`) with one entry per variable, plus a JSON record:
+`ckpt.index` + `ckpt.data-*`) with one entry per variable, plus two plain data files:
 
     model/0000 ...      every Keras model variable (weights, BN statistics, RNG states)
     optimizer/0000 ...  every optimizer variable (step counter, rate, slots)
     state/<name>        TrainingState counters (global/run step, epoch, lr_scale, ...)
-    extra/<i>/<j>       arrays of built-in callbacks (EarlyStopping's best weights)
-    meta                JSON: format, epoch, shuffle seed, history, callback state, model/
-                        loss/optimizer configs, and the shape of every entry above
+    meta.json           format, epoch, shuffle seed, history, callback state, model /
+                        loss / optimizer configs, the Keras path of every entry above
+    extra.npz           arrays of built-in callbacks (EarlyStopping's best weights),
+                        read with allow_pickle=False
+
+(The two extra files are not variables on purpose: under a tf.distribute strategy a new
+variable would be a mirrored, collectively initialised one, which strings cannot be.)
 
 Entries are keyed by position, not by Keras' auto-generated names, so a freshly built
 model of the same architecture (whose layers may be named `dense_7`) restores cleanly.
@@ -25,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -80,16 +85,15 @@ def write(model, directory, meta_extra=None, extra_arrays=(), keep=None, step=No
     target = os.path.join(directory, f"{_PREFIX}-{number:012d}")
     meta = _describe(model, dict(meta_extra or {}))
     tensors = {key.replace("/", "__"): _tf_variable(v) for key, v in _entries(model)}
-    meta["extra"] = []
-    for i, arrays in enumerate(extra_arrays):
-        meta["extra"].append(None if arrays is None else len(arrays))
-        for j, array in enumerate(arrays or ()):
-            tensors[f"extra__{i}__{j}"] = tf.Variable(array, trainable=False)
-    tensors["meta"] = tf.Variable(json.dumps(meta, default=_json_default), dtype=tf.string,
-                                  trainable=False)
+    meta["extra"] = [None if arrays is None else len(arrays) for arrays in extra_arrays]
+    extras = {f"{i}_{j}": np.asarray(array) for i, arrays in enumerate(extra_arrays)
+              for j, array in enumerate(arrays or ())}
     staging = tempfile.mkdtemp(prefix=".tmp-", dir=directory)
     try:
         tf.train.Checkpoint(**tensors).write(os.path.join(staging, _PREFIX))
+        with open(os.path.join(staging, "meta.json"), "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, default=_json_default)
+        np.savez(os.path.join(staging, "extra.npz"), **extras)
         _fsync_tree(staging)
         if os.path.exists(target):
             shutil.rmtree(target)
@@ -131,24 +135,36 @@ def read(path):
                          f"(expected {prefix}.index)")
     try:
         reader = tf.train.load_checkpoint(prefix)
-        keys = [k for k in reader.get_variable_to_shape_map()
-                if k.endswith("/.ATTRIBUTES/VARIABLE_VALUE")]
-        values = {k.split("/")[0]: reader.get_tensor(k) for k in keys}
-        meta = json.loads(values.pop("meta").decode("utf-8"))
-    except (tf.errors.OpError, ValueError, KeyError, UnicodeDecodeError) as error:
+        # Every tensor is read, the object graph too, so that a file truncated or damaged
+        # anywhere fails its length / checksum test here, not later.
+        tensors = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
+        values = {k.split("/")[0]: v for k, v in tensors.items()
+                  if k.endswith("/.ATTRIBUTES/VARIABLE_VALUE")}
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as handle:
+            meta = json.load(handle)
+        with np.load(os.path.join(path, "extra.npz"), allow_pickle=False) as extras:
+            values.update({f"extra__{k.replace('_', '__')}": extras[k] for k in extras.files})
+    except (tf.errors.OpError, ValueError, KeyError, OSError, UnicodeDecodeError,
+            zipfile.BadZipFile, IndexError, EOFError) as error:
+        # IndexError: TensorFlow's reader on a truncated data file ("Read less bytes").
         raise ValueError(f"checkpoint {path!r} is corrupt or truncated: "
                          f"{str(error).strip().splitlines()[0]}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"checkpoint {path!r} is corrupt: meta.json holds a "
+                         f"{type(meta).__name__}, expected a JSON object")
     if meta.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path!r}: unknown format {meta.get('format')!r}, "
                          f"expected {FORMAT!r}")
     return meta, {k.replace("__", "/"): v for k, v in values.items()}
 
 
-def restore(model, path):
+def restore(model, path, check=None):
     """Loads the checkpoint at `path` into `model`; returns its meta record.
 
     Every entry is checked against the model (count, shape, dtype) before the first
-    assignment; a mismatch is a ValueError naming the file and the entry.
+    assignment; a mismatch is a ValueError naming the file and the entry. `check`, if
+    given, is called with the meta record after those checks and before the first
+    assignment, so a caller's own check (e.g. the callback state) also changes nothing.
     """
     meta, values = read(path)
     entries = _entries(model)
@@ -160,20 +176,42 @@ def restore(model, path):
         raise ValueError(
             f"checkpoint {path!r} does not match this model: {len(stored)} entries in the "
             f"file, {len(expected)} in the model (missing {missing}, unexpected "
-            f"{unexpected}); was it written for another architecture or optimizer?")
+            f"{unexpected}); {_difference(meta, model)}")
+    paths = meta.get("paths") if isinstance(meta.get("paths"), dict) else {}
     for key, variable in entries:
-        if tuple(values[key].shape) != tuple(variable.shape):
+        stored_shape, stored_dtype = tuple(values[key].shape), np.dtype(values[key].dtype)
+        wanted_dtype = np.dtype(tf.as_dtype(variable.dtype).as_numpy_dtype)
+        if stored_shape != tuple(variable.shape) or stored_dtype != wanted_dtype:
             raise ValueError(
                 f"checkpoint {path!r} does not match this model: entry {key} "
-                f"({meta['paths'].get(key, '?')}) has shape {tuple(values[key].shape)} "
-                f"in the file, {tuple(variable.shape)} in the model")
+                f"({paths.get(key, '?')}) is {stored_dtype.name}{stored_shape} in the file, "
+                f"{wanted_dtype.name}{tuple(variable.shape)} in the model")
+    try:
+        meta["extra_arrays"] = [
+            None if count is None else [values[f"extra/{i}/{j}"] for j in range(count)]
+            for i, count in enumerate(meta.get("extra", []))]
+        history = list(meta.get("history", []))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"checkpoint {path!r} is corrupt: meta.json does not match its "
+                         f"arrays ({type(error).__name__}: {error})") from None
+    if check is not None:
+        check(meta)
     for key, variable in entries:
         variable.assign(values[key])
-    model.history = list(meta.get("history", []))
-    meta["extra_arrays"] = [
-        None if count is None else [values[f"extra/{i}/{j}"] for j in range(count)]
-        for i, count in enumerate(meta.get("extra", []))]
+    model.history = history
     return meta
+
+
+def _difference(meta, model):
+    """What the file was written for, where it differs from `model`, in words."""
+    optimizer = meta.get("optimizer")
+    saved = (meta.get("model_class"),
+             optimizer.get("class_name") if isinstance(optimizer, dict) else None)
+    current = (type(model.keras_model).__name__, type(model.optimizer).__name__)
+    if saved == current:
+        return "was it written for another architecture?"
+    return (f"the file holds a {saved[0]} model with optimizer {saved[1]}, this is a "
+            f"{current[0]} model with optimizer {current[1]}")
 
 
 def save_model(model, path):
@@ -202,17 +240,39 @@ def load_model(path, keras_model=None):
                 f"checkpoint {checkpoint!r}: the {meta.get('model_class')} model has no "
                 "Keras config (a subclassed model?); pass keras_model= with the same "
                 "architecture")
-        keras_model = keras.Model.from_config(meta["model_config"]["config"]) \
-            if meta["model_config"]["class"] == "Functional" else \
-            keras.Sequential.from_config(meta["model_config"]["config"])
+        keras_model = _safely(checkpoint, "model", lambda: _model_from_config(
+            meta["model_config"]))
     if meta.get("loss") is None:
         raise ValueError(f"checkpoint {checkpoint!r}: the loss was a custom callable; "
                          "compile the model yourself and use eb.checkpoint.restore")
-    optimizer = keras.optimizers.deserialize(meta["optimizer"])
+    optimizer = _safely(checkpoint, "optimizer",
+                        lambda: keras.optimizers.deserialize(meta["optimizer"]))
     model = Model.compile(keras_model, loss=losses_lib.get(meta["loss"]), optimizer=optimizer,
                           weight_decay=meta.get("weight_decay", 0.0), seed=meta.get("seed"))
     restore(model, checkpoint)
     return model
+
+
+def _model_from_config(model_config):
+    import keras
+    if model_config["class"] == "Functional":
+        return keras.Model.from_config(model_config["config"])
+    return keras.Sequential.from_config(model_config["config"])
+
+
+def _safely(checkpoint, what, build):
+    """Runs a Keras deserialization in safe mode, whatever the global setting.
+
+    Safe mode refuses anything that would run code from the file (a `Lambda` layer's
+    marshalled bytecode), even after `keras.config.enable_unsafe_deserialization()`.
+    """
+    from keras.src.saving.serialization_lib import SafeModeScope
+    try:
+        with SafeModeScope(True):
+            return build()
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"checkpoint {checkpoint!r}: cannot rebuild the {what} from "
+                         f"meta.json: {str(error).strip().splitlines()[0]}") from None
 
 
 def _try_config(keras_model):

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from exburn_tf import data as data_lib
 from exburn_tf import losses as losses_lib
-from exburn_tf.step import batch_size_of
+from exburn_tf.step import batch_size_of, sum_over_replicas
 from exburn_tf.validation import check_bool, check_int
 
 
@@ -51,7 +51,7 @@ class EvalStep:
             def take():
                 x, y = optional.get_value()
                 per_replica = self.strategy.run(self._forward, args=(x, y))
-                return sums + self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+                return sums + sum_over_replicas(self.strategy, per_replica)
 
             has_value = optional.has_value()
             return tf.logical_not(has_value), tf.cond(has_value, take, lambda: sums)
@@ -69,7 +69,9 @@ def current_strategy(strategy=None):
 def eval_step_for(model, track_accuracy, strategy):
     """A cached `EvalStep`, so repeated evaluation (every epoch) never retraces."""
     cache = model.__dict__.setdefault("_eval_steps", {})
-    key = (bool(track_accuracy), id(strategy))
+    # The compute dtype is part of the key: a step traced under a mixed policy during
+    # fit must not serve a later float32 evaluate.
+    key = (bool(track_accuracy), id(strategy), model.keras_model.compute_dtype)
     if key not in cache:
         cache[key] = EvalStep(model, track_accuracy, strategy)
     return cache[key]

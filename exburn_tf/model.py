@@ -80,11 +80,16 @@ class Model:
 
     @property
     def params(self):
-        """Trainable variables keyed `"layer.variable"` (nested layers joined with dots)."""
+        """Trainable variables keyed `"layer.variable"` (nested layers joined with dots).
+
+        Keys come from the layer tree, not from `variable.path`: Keras prefixes the model's
+        name for Sequential models but not for functional ones. The order is that of
+        `keras_model.trainable_variables` (`compute_gradients` relies on it).
+        """
+        keys = _variable_keys(self.keras_model)
         out = {}
         for variable in self.keras_model.trainable_variables:
-            parts = variable.path.split("/")
-            key = ".".join(parts[1:]) if len(parts) > 1 else parts[0]
+            key = keys.get(id(variable), variable.name)
             unique, n = key, 1
             while unique in out:
                 n += 1
@@ -147,3 +152,18 @@ def _with_variable_learning_rate(optimizer):
     raise ValueError(
         "optimizer was created with a learning-rate schedule; give the schedule to "
         "fit(lr_schedule=...) and create the optimizer with a constant learning_rate")
+
+
+def _variable_keys(layer, prefix="", keys=None):
+    """`id(variable) -> "outer.inner.variable"` for the variables of `layer`'s sublayers.
+
+    Deeper layers are named first, so a variable gets the name of the layer that owns it;
+    a shared layer keeps the name of its first appearance.
+    """
+    keys = {} if keys is None else keys
+    for sublayer in layer._flatten_layers(include_self=False, recursive=False):
+        sub_prefix = f"{prefix}{sublayer.name}."
+        _variable_keys(sublayer, sub_prefix, keys)
+        for variable in sublayer.weights:
+            keys.setdefault(id(variable), sub_prefix + variable.name)
+    return keys

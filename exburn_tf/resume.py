@@ -23,6 +23,8 @@ class RunContext:
         self.chief = chief
         self.callbacks = callbacks
         self.epoch = 0
+        self._deferred = []
+        self.deferring = False  # True while fit runs the callbacks of an epoch
         self.signature = {
             "epochs": options.epochs, "batch_size": options.batch_size,
             "accumulate_gradients": options.accumulate_gradients, "shuffle": options.shuffle,
@@ -36,11 +38,30 @@ class RunContext:
         arrays = [getattr(cb, "best_weights", None) for cb in self.callbacks]
         return meta, arrays
 
+    def defer(self, action):
+        """Runs `action(model)` once the current epoch is complete (see `run_deferred`).
+
+        A checkpoint requested by a callback must hold the state at the end of the epoch:
+        after every callback ran, `lr_scale` was applied and the history was extended.
+        """
+        self._deferred.append(action)
+
+    def run_deferred(self, model):
+        """Runs the deferred actions, in order, on the epoch's final model."""
+        actions, self._deferred = self._deferred, []
+        self.deferring = False
+        for action in actions:
+            action(model)
+
     def restore_record(self, meta):
-        """Takes back the run state of a checkpoint (after `on_train_begin` reset)."""
-        self.seed = meta["run_seed"]
-        self.epoch = meta["epoch"]
-        self.callbacks.load_state(meta["callbacks"])
+        """Takes back the run state of a checkpoint (after `on_train_begin` reset).
+
+        A checkpoint saved outside `fit` (no run record) restores the weights only.
+        """
+        self.seed = meta.get("run_seed", self.seed)
+        self.epoch = meta.get("epoch", 0)
+        if "callbacks" in meta:
+            self.callbacks.load_state(meta["callbacks"])
         for callback, arrays in zip(self.callbacks, meta.get("extra_arrays", [])):
             if arrays is not None and hasattr(callback, "best_weights"):
                 callback.best_weights = [a.copy() for a in arrays]

@@ -70,6 +70,17 @@ def batch_size_of(y):
     return tf.cast(tf.shape(first)[0], tf.float32)
 
 
+def sum_over_replicas(strategy, per_replica):
+    """SUM all-reduce of a nest of per-replica values, tensor by tensor.
+
+    One reduce per tensor: MultiWorkerMirroredStrategy cannot reduce a nest of tensors
+    of different ranks in one call.
+    """
+    return tf.nest.map_structure(
+        lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None),
+        per_replica)
+
+
 class ForwardBackward:
     """The per-replica part: forward, loss, gradients, correct count.
 
@@ -156,7 +167,7 @@ class TrainStep:
     def _replicated(self, x, y):
         """Forward/backward on every replica, then SUM over replicas (all-reduce)."""
         per_replica = self.strategy.run(self._forward_backward.fn, args=(x, y))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return sum_over_replicas(self.strategy, per_replica)
 
     def _accumulate(self, iterator):
         """Pulls up to k micro-batches; returns (count, grad sums, loss sum, correct, samples)."""
@@ -204,7 +215,7 @@ class TrainStep:
                 for variable in variables:
                     variable.assign_sub(lr * self.config.decoupled_decay * variable)
             self.model.optimizer.learning_rate.assign(lr)
-            self._optimizer_update(grads, variables)
+            self._optimizer_update(grads, variables, lr)
             return tf.constant(0.0)
 
         skipped = tf.cond(finite, update, lambda: tf.constant(1.0))
@@ -216,23 +227,24 @@ class TrainStep:
         state.run_step.assign_add(1)
         return tf.where(finite, grad_norm, 0.0), skipped, lr
 
-    def _optimizer_update(self, grads, variables):
-        """`optimizer.apply` with the global gradient, on every replica.
+    def _optimizer_update(self, grads, variables, lr):
+        """The optimizer's update rule with the global gradient.
 
-        Keras' TF optimizer applies in a replica context, where it SUM-reduces the
-        gradients it is given; we are in the cross-replica context holding the already
-        reduced gradient, so each replica gets gradient / replicas (exact for powers of 2).
+        On one device this is `optimizer.apply`. Under a strategy we are in the
+        cross-replica context holding the already all-reduced gradient; Keras' `apply`
+        would all-reduce it again from a replica context, so instead each variable's
+        update rule runs on every mirror through `strategy.extended.update` — the same
+        per-variable path Keras' own TF optimizer takes after its all-reduce.
         """
         optimizer = self.model.optimizer
-        replicas = self.strategy.num_replicas_in_sync
         if not tf.distribute.has_strategy():
             optimizer.apply(grads, variables)
             return
-        shares = [g / replicas for g in grads] if replicas > 1 else grads
-        per_replica = self.strategy.experimental_distribute_values_from_function(
-            lambda context: [tf.identity(g) for g in shares])
-        self.strategy.extended.call_for_each_replica(
-            lambda replica_grads: optimizer.apply(replica_grads, variables), args=(per_replica,))
+        for grad, variable in zip(grads, variables):
+            self.strategy.extended.update(
+                getattr(variable, "value", variable),
+                lambda var, g: optimizer.update_step(g, var, lr), args=(grad,), group=False)
+        optimizer.iterations.assign_add(1)
 
     def _adapt_loss_scale(self, finite):
         """Halve the scale on overflow; double it after a run of finite steps."""

@@ -18,6 +18,7 @@ from exburn_tf import callbacks as callbacks_lib
 from exburn_tf import data as data_lib
 from exburn_tf import checkpoint as checkpoint_lib
 from exburn_tf import gradients as gradients_lib
+from exburn_tf import mixed_precision
 from exburn_tf import schedules as schedules_lib
 from exburn_tf import step as step_lib
 from exburn_tf.custom_loop import compute_gradients, profile_step, train_step  # noqa: F401
@@ -32,12 +33,6 @@ from exburn_tf.validation import check_number
 __all__ = ["fit", "evaluate", "train_step", "compute_gradients", "data_loader", "profile_step"]
 
 _OPTION_NAMES = tuple(FitOptions.__dataclass_fields__)
-_NOT_YET = {
-    "mixed_precision": "mixed precision",
-    "tensorboard": "TensorBoard logging",
-}
-
-
 def parse_options(options):
     """`FitOptions` from keyword arguments; a misspelled option is a `TypeError`."""
     for name in options:
@@ -45,11 +40,7 @@ def parse_options(options):
             close = difflib.get_close_matches(name, _OPTION_NAMES, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TypeError(f"fit got an unknown option {name!r}{hint}")
-    opts = FitOptions(**options)
-    for name, what in _NOT_YET.items():
-        if getattr(opts, name) is not None:
-            raise NotImplementedError(f"{name}: {what} is not available in this version yet")
-    return opts
+    return FitOptions(**options)
 
 
 def fit(model, data, **options):
@@ -78,13 +69,17 @@ class _Fit:
         self.opts = opts
         self.strategy = strategy
         _check_strategy(model, opts.strategy)
+        self.nesterov = _nesterov(model.optimizer, opts.nesterov)  # checked before any change
         self.chief = is_chief(strategy)
         self.train = data_lib.TrainData(data, opts.batch_size, opts.shuffle,
                                         _seed(opts.seed, model.seed, strategy))
         self.validation = None
         if opts.validation_data is not None:
             self.validation = data_lib.batched(opts.validation_data, 256, "validation_data")
-        self.callbacks = callbacks_lib.CallbackList(list(opts.callbacks))
+        callbacks = list(opts.callbacks)
+        if opts.tensorboard is not None:
+            callbacks.append(callbacks_lib.TensorBoard(opts.tensorboard))
+        self.callbacks = callbacks_lib.CallbackList(callbacks)
         self.progress = callbacks_lib.Progress(verbose=opts.verbose and self.chief)
         self.context = RunContext(self.train.seed, self.callbacks, opts, chief=self.chief)
         self.checkpoints = None
@@ -123,7 +118,9 @@ class _Fit:
         started = time.perf_counter()
         self.epoch_seconds = []
         metrics = {}
-        with _nesterov(model.optimizer, opts.nesterov):
+        mixed_precision.start_loss_scale(model.state, opts.mixed_precision)
+        with self.nesterov, \
+                mixed_precision.policy(model.keras_model, opts.mixed_precision):
             for epoch in range(first_epoch, opts.epochs + 1):
                 metrics = self._epoch(epoch, started)
                 if metrics.get("stop_training"):
@@ -140,8 +137,8 @@ class _Fit:
         path = checkpoint_lib.latest(self.opts.checkpoint_dir)
         if path is None:
             return self._start()
-        meta = checkpoint_lib.restore(self.model, path)
-        self.context.restore_record(meta)
+        # The callback state is checked (and taken) before any variable is assigned.
+        meta = checkpoint_lib.restore(self.model, path, check=self.context.restore_record)
         self.train.seed = self.context.seed
         return meta["epoch"] + 1
 
@@ -162,11 +159,13 @@ class _Fit:
         self._time_metrics(metrics, epoch, epoch_start, started, timing)
         _check_finite_epoch(metrics, sums, opts)
         reported_lr = metrics["lr"]
+        self.context.deferring = True  # checkpoints asked for now wait for the epoch's end
         metrics = self.callbacks.on_epoch_end(metrics)
         self._apply_callback_results(metrics, reported_lr)
         self.progress.epoch_end(metrics)
         self.model.history.append({k: v for k, v in metrics.items() if k != "model"})
         self.context.epoch = epoch
+        self.context.run_deferred(self.model)
         if self.checkpoints is not None:
             last = epoch == opts.epochs or bool(metrics.get("stop_training"))
             self.checkpoints.maybe_save(self.model, epoch, last)
@@ -190,7 +189,8 @@ class _Fit:
             sums += out[:step_lib.NUM_SUMS]
             max_in_row = max(max_in_row, out[step_lib.MAX_SKIPPED_IN_ROW])
             done += int(out[step_lib.STEPS])
-            timing["last_lr"] = float(out[step_lib.LAST_LR])
+            if out[step_lib.STEPS] > 0:  # a call that found the data used up ran no step
+                timing["last_lr"] = float(out[step_lib.LAST_LR])
             if self.step.trace_count != traces:
                 # Tracing: keep it out of rates and the ETA.
                 timing["traced_seconds"] += seconds
@@ -199,19 +199,24 @@ class _Fit:
                 self.pacer.observe(int(out[step_lib.STEPS]), seconds)
                 timing["steady_seconds"] += seconds
                 timing["steady_samples"] += out[step_lib.SAMPLES]
-            self._report_progress(epoch, done, total, timing)
+            self._report_progress(epoch, done, total, timing, sums)
             _check_skipped_in_row(max_in_row, self.opts)
             if out[step_lib.DONE]:
                 break
         return sums, timing
 
-    def _report_progress(self, epoch, done, total, timing):
+    def _report_progress(self, epoch, done, total, timing, sums):
         rate = _rate(timing)
         eta = None
         if total is not None and rate:
             eta = (total - done) * self.opts.batch_size * self.opts.accumulate_gradients / rate
         self.progress.batch_update(epoch, done, total, rate, eta)
-        self.callbacks.on_train_batch_end(max(done - 1, 0), {})
+        # The epoch's running mean loss, as Keras reports it; `step` is the global step.
+        state = self.model.state
+        logs = {"loss": float(sums[step_lib.LOSS_SUM] / max(sums[step_lib.SAMPLES], 1.0)),
+                "lr": timing.get("last_lr", float(state.base_lr.numpy())),
+                "step": int(state.global_step.numpy())}
+        self.callbacks.on_train_batch_end(max(done - 1, 0), logs)
 
     def _metrics(self, epoch, sums, timing):
         """The epoch dict of SPEC §7 from the summed step metrics."""
@@ -241,7 +246,7 @@ class _Fit:
         now = time.perf_counter()
         epoch_seconds = now - epoch_start
         rate = _rate(timing)
-        metrics["samples_per_sec"] = rate or 0.0
+        metrics["samples_per_sec"] = float(rate or 0.0)
         metrics["epoch_time_ms"] = epoch_seconds * 1000.0
         metrics["total_time_ms"] = (now - started) * 1000.0
         # The ETA ignores tracing: it extrapolates steady epochs only.
@@ -275,7 +280,8 @@ def _step_config(model, opts, schedule):
         pipeline=pipeline, learning_rate=learning_rate, accumulate=opts.accumulate_gradients,
         track_accuracy=opts.accuracy,
         decoupled_decay=decay if opts.weight_decay_mode == "decoupled" else 0.0,
-        jit_compile=opts.jit_compile, grad_method=opts.grad_method, epsilon=opts.epsilon)
+        jit_compile=opts.jit_compile, grad_method=opts.grad_method, epsilon=opts.epsilon,
+        dynamic_loss_scale=opts.mixed_precision == "mixed_float16")
 
 
 def _seed(seed, model_seed, strategy):
@@ -291,6 +297,21 @@ def _seed(seed, model_seed, strategy):
 
 
 def _check_strategy(model, strategy):
+    if not tf.distribute.has_strategy() and strategy is None:
+        return
+    optimizer = model.optimizer
+    # Under a strategy the step runs the optimizer's update rule directly (see
+    # TrainStep._optimizer_update), so Keras-side gradient processing would be skipped.
+    for name in ("clipnorm", "clipvalue", "global_clipnorm", "weight_decay",
+                 "gradient_accumulation_steps"):
+        if getattr(optimizer, name, None):
+            raise ValueError(
+                f"strategy: the optimizer's own {name}={getattr(optimizer, name)!r} is not "
+                "applied under tf.distribute; use fit's clip_norm / clip_value / "
+                "weight_decay / accumulate_gradients instead")
+    if getattr(optimizer, "use_ema", False):
+        raise ValueError("strategy: optimizers with use_ema=True are not supported under "
+                         "tf.distribute")
     if strategy is None:
         return
     for variable in model.keras_model.trainable_variables:

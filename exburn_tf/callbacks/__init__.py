@@ -10,6 +10,7 @@ from exburn_tf.callbacks.early_stopping import EarlyStopping
 from exburn_tf.callbacks.logging import LoggingCallback
 from exburn_tf.callbacks.progress import Progress
 from exburn_tf.callbacks.reduce_lr import ReduceLROnPlateau
+from exburn_tf.callbacks.tensorboard import TensorBoard
 
 __all__ = [
     "CallbackList",
@@ -18,4 +19,5 @@ __all__ = [
     "LoggingCallback",
     "Progress",
     "ReduceLROnPlateau",
+    "TensorBoard",
 ]

@@ -81,7 +81,8 @@ class CallbackList:
         return [cb for cb in self.callbacks if not isinstance(cb, keras.callbacks.Callback)]
 
     def on_train_begin(self, model, params):
-        """Resets built-in state; binds Keras callbacks to `model.keras_model` and `params`.
+        """Starts a run: map callbacks get `reset()`, then `on_train_begin(model)`, where
+        defined; Keras callbacks are bound to `model.keras_model` and `params`.
 
         Args:
             model: the exburn_tf Model (anything with `.keras_model`).
@@ -90,6 +91,8 @@ class CallbackList:
         for callback in self._map_callbacks():
             if callable(getattr(callback, "reset", None)):
                 callback.reset()
+            if callable(getattr(callback, "on_train_begin", None)):
+                callback.on_train_begin(model)
         keras_callbacks = self._keras_callbacks()
         if not keras_callbacks:
             return
@@ -107,7 +110,14 @@ class CallbackList:
             callback.on_epoch_begin(epoch - 1, {})
 
     def on_train_batch_end(self, batch, logs):
-        """Forwards one compiled call's logs to Keras callbacks; `batch` is its last step."""
+        """Hands one compiled call's logs to the callbacks; `batch` is its last step.
+
+        Map callbacks that define `on_train_batch_end(batch, logs)` get the logs as they
+        are (`loss`, `lr`, `step`); Keras callbacks get them Keras-named.
+        """
+        for callback in self._map_callbacks():
+            if callable(getattr(callback, "on_train_batch_end", None)):
+                callback.on_train_batch_end(batch, dict(logs))
         keras_callbacks = self._keras_callbacks()
         if keras_callbacks:
             named = keras_logs(logs)

@@ -48,7 +48,6 @@ class Checkpoint:
         return self.best is None or (value > self.best if larger else value < self.best)
 
     def __call__(self, metrics):
-        from exburn_tf import resume
         if self.best_only:
             value = metrics.get(self.monitor)
             if not self._improved(value):
@@ -56,10 +55,19 @@ class Checkpoint:
             self.best = float(value)
         elif metrics["epoch"] % self.every:
             return metrics
-        model = metrics["model"]
+        run = getattr(metrics["model"], "run_context", None)
+        if not getattr(run, "deferring", False):
+            self._save(metrics["model"])
+        else:
+            # Inside fit: written once the epoch is complete (later callbacks, lr_scale,
+            # history), so that a resume from it continues exactly.
+            run.defer(self._save)
+        return metrics
+
+    def _save(self, model):
+        from exburn_tf import resume
         chief = getattr(getattr(model, "run_context", None), "chief", True)
         self.last_path = resume.save(model, self.directory, chief=chief, keep=self.keep)
-        return metrics
 
     def state(self):
         return {"best": self.best}

@@ -1,0 +1,53 @@
+"""Gradient accumulation overhead: batch 64 × `accumulate_gradients=4` against batch 256.
+
+Both make the same optimizer steps (effective batch 256) on the MLP with every feature on;
+the accumulated run does four forward/backward passes of 64 and sums their gradients in
+the compiled step. Alternating, median of repetitions, first (tracing) epoch excluded.
+
+    python benchmarks/bench_accumulation.py            # full: 5 repetitions, 1 + 4 epochs
+    python benchmarks/bench_accumulation.py --quick    # smoke
+"""
+
+import time
+
+import _common as common
+
+MICRO_BATCH, STEPS, FULL_BATCH = 64, 4, 256
+
+
+def main():
+    args = common.parser(__doc__.splitlines()[0]).parse_args()
+    num_samples = 4096 if args.quick else common.NUM_SAMPLES
+    epochs = 2 if args.quick else 5
+    repeats = args.repeats or (1 if args.quick else 5)
+    x, y = common.synthetic_data(num_samples)
+    weights = common.initial_weights()
+
+    start = time.perf_counter()
+    results = common.alternate({
+        "full": lambda: common.eb_fit_rate(weights, x, y, FULL_BATCH, epochs),
+        "accumulated": lambda: common.eb_fit_rate(weights, x, y, MICRO_BATCH, epochs,
+                                                  accumulate_gradients=STEPS),
+        "micro": lambda: common.eb_fit_rate(weights, x, y, MICRO_BATCH, epochs),
+    }, repeats)
+    rates = {name: common.median(values) for name, values in results.items()}
+
+    report = common.Report(f"Gradient accumulation, MLP 784-256-128-10, {num_samples} samples, "
+                           f"median of {repeats} repetitions")
+    fmt = "{:,.0f} samples/s".format
+    report.add(f"eb.fit batch {FULL_BATCH}", fmt(rates["full"]))
+    report.add(f"eb.fit batch {MICRO_BATCH} x accumulate_gradients={STEPS}",
+               fmt(rates["accumulated"]))
+    report.add(f"accumulated / batch {FULL_BATCH}", "", rates["accumulated"] / rates["full"],
+               common.TARGETS["accumulation"])
+    report.add(f"eb.fit batch {MICRO_BATCH}, no accumulation (reference)", fmt(rates["micro"]),
+               rates["micro"] / rates["full"])
+    report.print()
+    print("\nall samples/s: " + ", ".join(
+        f"{name}={[round(v) for v in values]}" for name, values in results.items()))
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    report.write_json(args.json)
+
+
+if __name__ == "__main__":
+    main()

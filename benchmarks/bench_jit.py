@@ -1,0 +1,50 @@
+"""XLA on CPU: `eb.fit(jit_compile=True)` against `jit_compile=False`.
+
+MLP 784-256-128-10, every feature on, batch 32 and 1024; alternating, median of
+repetitions, first (tracing and XLA-compiling) epoch excluded.
+
+    python benchmarks/bench_jit.py            # full: 5 repetitions, 1 + 4 epochs
+    python benchmarks/bench_jit.py --quick    # smoke
+"""
+
+import time
+
+import _common as common
+
+BATCHES = (32, 1024)
+
+
+def main():
+    args = common.parser(__doc__.splitlines()[0]).parse_args()
+    num_samples = 4096 if args.quick else common.NUM_SAMPLES
+    epochs = 2 if args.quick else 5
+    repeats = args.repeats or (1 if args.quick else 5)
+    x, y = common.synthetic_data(num_samples)
+    weights = common.initial_weights()
+
+    contenders = {}
+    for batch in BATCHES:
+        for jit in (False, True):
+            contenders[(batch, jit)] = (
+                lambda batch=batch, jit=jit: common.eb_fit_rate(weights, x, y, batch, epochs,
+                                                                jit_compile=jit))
+    start = time.perf_counter()
+    results = common.alternate(contenders, repeats)
+    rates = {key: common.median(values) for key, values in results.items()}
+
+    report = common.Report(f"XLA on CPU: eb.fit, MLP 784-256-128-10, {num_samples} samples, "
+                           f"median of {repeats} repetitions")
+    fmt = "{:,.0f} samples/s".format
+    for batch in BATCHES:
+        report.add(f"batch {batch}, jit_compile=False", fmt(rates[(batch, False)]))
+        report.add(f"batch {batch}, jit_compile=True", fmt(rates[(batch, True)]),
+                   rates[(batch, True)] / rates[(batch, False)])
+    report.print()
+    print("\nall samples/s: " + ", ".join(
+        f"batch {b} jit={j}: {[round(v) for v in values]}" for (b, j), values in results.items()))
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    report.write_json(args.json)
+
+
+if __name__ == "__main__":
+    main()

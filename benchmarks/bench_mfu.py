@@ -1,0 +1,111 @@
+"""Model FLOP utilisation: training FLOP/s of `eb.fit` at batch 1024 over the machine's.
+
+    training FLOP/s = 6 × multiply-adds per sample × samples/s   (2 forward + 4 backward)
+    machine FLOP/s  = 2·n³ / time of one n×n float32 `tf.matmul` (n = 2048), median
+
+Both are measured in the same run, alternating, so a busy machine lowers both. For the
+diagnosis the run also times the MLP's own matmuls at batch 1024 alone (the 3 forward and
+5 backward products; the input gradient of the first layer is never needed): that is the
+most a step made only of those products could reach on this machine.
+
+    python benchmarks/bench_mfu.py            # full: 5 repetitions, 1 + 4 epochs
+    python benchmarks/bench_mfu.py --quick    # smoke
+"""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import _common as common
+
+BATCH = 1024
+
+
+def matmul_flops(size, calls):
+    """FLOP/s of one size×size float32 matmul (median of `calls` timed eager calls)."""
+    rng = np.random.default_rng(0)
+    a = tf.constant(rng.standard_normal((size, size), dtype=np.float32))
+    b = tf.constant(rng.standard_normal((size, size), dtype=np.float32))
+    tf.matmul(a, b)  # warm-up: oneDNN primitive creation
+    seconds = [common.timed(tf.matmul, a, b)[0] for _ in range(calls)]  # CPU eager: synchronous
+    return 2.0 * size ** 3 / common.median(seconds)
+
+
+def model_matmuls():
+    """A compiled function running the MLP's forward and backward matmuls at BATCH.
+
+    Returns (function, multiply-adds per call).
+    """
+    rng = np.random.default_rng(1)
+    sizes = (common.INPUT_DIM, *common.HIDDEN, common.NUM_CLASSES)
+    acts = [tf.constant(rng.standard_normal((BATCH, n), dtype=np.float32)) for n in sizes]
+    kernels = [tf.constant(rng.standard_normal((m, n), dtype=np.float32) * 0.01)
+               for m, n in zip(sizes[:-1], sizes[1:])]
+
+    @tf.function
+    def run():
+        total = tf.constant(0.0)
+        for layer, kernel in enumerate(kernels):
+            forward = tf.matmul(acts[layer], kernel)                     # B×m · m×n
+            weight_grad = tf.matmul(acts[layer], acts[layer + 1], transpose_a=True)  # m×B · B×n
+            total += forward[0, 0] + weight_grad[0, 0]
+            if layer > 0:
+                input_grad = tf.matmul(acts[layer + 1], kernel, transpose_b=True)  # B×n · n×m
+                total += input_grad[0, 0]
+        return total
+
+    macs = BATCH * (3 * common.multiply_adds() - sizes[0] * sizes[1])
+    run()
+    return run, macs
+
+
+def main():
+    args = common.parser(__doc__.splitlines()[0]).parse_args()
+    num_samples = 4096 if args.quick else common.NUM_SAMPLES
+    epochs = 2 if args.quick else 5
+    repeats = args.repeats or (1 if args.quick else 5)
+    size = 1024 if args.quick else 2048
+    x, y = common.synthetic_data(num_samples)
+    weights = common.initial_weights()
+    matmuls, matmul_macs = model_matmuls()
+
+    def model_matmul_flops():
+        return 2.0 * matmul_macs / common.median([common.timed(matmuls)[0] for _ in range(20)])
+
+    start = time.perf_counter()
+    results = common.alternate({
+        "peak": lambda: matmul_flops(size, 10),
+        "eb": lambda: common.eb_fit_rate(weights, x, y, BATCH, epochs),
+        "keras": lambda: common.keras_fit_rate(weights, x, y, BATCH, epochs),
+        "model_matmuls": model_matmul_flops,
+    }, repeats)
+    peak = common.median(results["peak"])
+    train_flops = 6.0 * common.multiply_adds()
+    eb_flops = train_flops * common.median(results["eb"])
+    keras_flops = train_flops * common.median(results["keras"])
+    ceiling = common.median(results["model_matmuls"])
+
+    report = common.Report(f"Model FLOP utilisation, MLP 784-256-128-10 at batch {BATCH}, "
+                           f"median of {repeats} repetitions")
+    gflops = "{:,.1f} GFLOP/s".format
+    report.add(f"tf.matmul {size}x{size} float32 (machine)", gflops(peak / 1e9))
+    report.add(f"MLP matmuls alone, batch {BATCH} (fwd + bwd)", gflops(ceiling / 1e9),
+               ceiling / peak)
+    report.add("eb.fit training FLOP/s (6 x MACs x samples/s)",
+               f"{gflops(eb_flops / 1e9)} ({common.median(results['eb']):,.0f} samples/s)")
+    report.add("model FLOP utilisation, eb.fit batch 1024", "", eb_flops / peak,
+               common.TARGETS["mfu_1024"])
+    report.add("Keras fit training FLOP/s (reference)",
+               f"{gflops(keras_flops / 1e9)} ({common.median(results['keras']):,.0f} samples/s)",
+               keras_flops / peak)
+    report.add("eb.fit FLOP/s / MLP matmuls alone", "", eb_flops / ceiling)
+    report.print()
+    print(f"\nmultiply-adds per sample: {common.multiply_adds():,}; raw: " + ", ".join(
+        f"{name}={[f'{v:.3g}' for v in values]}" for name, values in results.items()))
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    report.write_json(args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""One worker of the multi-worker test: TF_CONFIG from the environment, weights to .npy.
+
+Usage: python distribute_worker.py OUT_DIR [single]
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+SINGLE = len(sys.argv) > 2 and sys.argv[2] == "single"
+strategy = tf.distribute.get_strategy() if SINGLE else tf.distribute.MultiWorkerMirroredStrategy()
+
+import keras  # noqa: E402
+
+import exburn_tf as eb  # noqa: E402
+
+
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(203, 12)).astype("float32")
+    y = np.argmax(x @ rng.normal(size=(12, 4)), axis=1)
+    return x, y
+
+
+def main(out_dir):
+    x, y = data()
+    with strategy.scope():
+        keras.utils.set_random_seed(7)
+        keras_model = keras.Sequential([keras.Input((12,)),
+                                        keras.layers.Dense(16, activation="relu"),
+                                        keras.layers.Dense(4)])
+        model = eb.Model.compile(keras_model, loss="cross_entropy", optimizer="sgd",
+                                 learning_rate=0.1, momentum=0.9)
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {"index": 0})
+    checkpoints = os.path.join(out_dir, "checkpoints")
+    eb.fit(model, (x, y), epochs=3, batch_size=32, seed=5, accumulate_gradients=3,
+           clip_norm=0.5, weight_decay=1e-3, lr_schedule=("cosine", 0.1, 1e-3), warmup=2,
+           accuracy=True, validation_data=(x[:37], y[:37]), verbose=task["index"] == 0,
+           checkpoint_dir=checkpoints, strategy=None if SINGLE else strategy)
+    name = "single" if SINGLE else f"worker{task['index']}"
+    np.savez(os.path.join(out_dir, f"{name}.npz"), *model.keras_model.get_weights())
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as handle:
+        json.dump(model.history, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

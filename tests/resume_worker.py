@@ -1,0 +1,98 @@
+"""Training run for `test_resume_kill.py`: meant to be SIGKILLed and resumed.
+
+    python tests/resume_worker.py OUT_DIR CHECKPOINT_DIR [--resume] [--step-sleep S]
+
+Trains a small model with everything that carries state across steps and epochs (dropout,
+shuffling, accumulation, warmup, a cosine schedule, norm clipping, weight decay, Adam),
+deterministically, writing a checkpoint every epoch. When it finishes it writes the final
+weights and optimizer variables to OUT_DIR as .npy files, the per-epoch losses to
+OUT_DIR/history.json, and OUT_DIR/done last; OUT_DIR/epochs.log gets a "pid epoch" line
+for every epoch a process trained. `--step-sleep` sleeps after every optimizer step, which
+widens the window for a kill in the middle of an epoch.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import exburn_tf as eb  # noqa: E402
+
+EPOCHS = 6
+SEED = 1234
+
+
+class Trace:
+    """A map callback with no effect on the maths: logs each epoch this process trained
+    ("pid epoch" lines) and sleeps after every step."""
+
+    def __init__(self, log_path, step_sleep):
+        self.log_path = log_path
+        self.step_sleep = step_sleep
+
+    def on_train_batch_end(self, batch, logs):
+        if self.step_sleep:
+            time.sleep(self.step_sleep)
+
+    def __call__(self, metrics):
+        with open(self.log_path, "a") as handle:
+            handle.write(f"{os.getpid()} {metrics['epoch']}\n")
+        return metrics
+
+
+def build():
+    keras_model = keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dropout(0.3),
+        keras.layers.Dense(3),
+    ])
+    return eb.Model.compile(keras_model, loss="cross_entropy", optimizer="adam",
+                            learning_rate=1e-2)
+
+
+def data():
+    rng = np.random.RandomState(0)
+    x = rng.randn(200, 6).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int32") + (x[:, 2] > 1).astype("int32")
+    return x, y
+
+
+def main(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir")
+    parser.add_argument("checkpoint_dir")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--step-sleep", type=float, default=0.0)
+    args = parser.parse_args(argv)
+
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(SEED)
+    model = build()
+    os.makedirs(args.out_dir, exist_ok=True)
+    callbacks = [Trace(os.path.join(args.out_dir, "epochs.log"), args.step_sleep)]
+    x, y = data()
+    eb.fit(model, (x, y), epochs=EPOCHS, batch_size=10, shuffle=True, seed=7,
+           accumulate_gradients=3, warmup=5, lr_schedule=("cosine", 1e-2, 1e-4),
+           clip_norm=0.5, weight_decay=1e-3, validation_data=(x[:50], y[:50]),
+           checkpoint_dir=args.checkpoint_dir, checkpoint_every=1, resume=args.resume,
+           steps_per_execution=1, callbacks=callbacks, verbose=False)
+
+    variables = list(model.keras_model.variables) + list(model.optimizer.variables)
+    for i, variable in enumerate(variables):
+        np.save(os.path.join(args.out_dir, f"variable_{i:03d}.npy"), np.asarray(variable))
+    with open(os.path.join(args.out_dir, "history.json"), "w") as handle:
+        json.dump([{"epoch": h["epoch"], "loss": h["loss"], "val_loss": h["val_loss"],
+                    "step": h["step"], "lr": h["lr"]} for h in model.history], handle)
+    open(os.path.join(args.out_dir, "done"), "w").close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
