@@ -18,7 +18,7 @@ Entries are keyed by position, not by Keras' auto-generated names, so a freshly 
 model of the same architecture (whose layers may be named `dense_7`) restores cleanly.
 
 Atomicity: the directory is written under a temporary name, its files fsync'ed, then
-renamed to `ckpt-<step>` in one `os.rename`; a crash at any instant leaves either the old
+renamed to `ckpt-<n>` (n counts writes) in one `os.rename`; a crash at any instant leaves either the old
 set of complete checkpoints or the new one. Loading reads and checks every tensor first
 and assigns only when all of them match, so a bad file changes nothing. JSON and
 TensorFlow's tensor format are data only: loading never executes code from the file.
@@ -68,7 +68,7 @@ def _describe(model, meta_extra):
     return meta
 
 
-def write(model, directory, meta_extra=None, extra_arrays=(), keep=None, step=None):
+def write(model, directory, meta_extra=None, extra_arrays=(), keep=None):
     """Writes a complete checkpoint of `model` under `directory`; returns its path.
 
     Args:
@@ -77,12 +77,14 @@ def write(model, directory, meta_extra=None, extra_arrays=(), keep=None, step=No
         meta_extra: JSON-serialisable run information (epoch, seed, callbacks, ...).
         extra_arrays: lists of NumPy arrays to store too (e.g. best weights), or None.
         keep: keep only the newest `keep` checkpoints (None: keep all).
-        step: number in the directory name (default: the global step).
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    number = int(model.state.global_step.numpy()) if step is None else int(step)
-    target = os.path.join(directory, f"{_PREFIX}-{number:012d}")
+    # Numbered in write order, not by step: a new run written into a directory that
+    # holds an older, longer run must still count as the newest.
+    existing = [int(_NAME.match(os.path.basename(p)).group(1))
+                for p in list_checkpoints(directory)]
+    target = os.path.join(directory, f"{_PREFIX}-{max(existing, default=0) + 1:012d}")
     meta = _describe(model, dict(meta_extra or {}))
     tensors = {key.replace("/", "__"): _tf_variable(v) for key, v in _entries(model)}
     meta["extra"] = [None if arrays is None else len(arrays) for arrays in extra_arrays]
@@ -95,8 +97,6 @@ def write(model, directory, meta_extra=None, extra_arrays=(), keep=None, step=No
             json.dump(meta, handle, default=_json_default)
         np.savez(os.path.join(staging, "extra.npz"), **extras)
         _fsync_tree(staging)
-        if os.path.exists(target):
-            shutil.rmtree(target)
         os.rename(staging, target)  # the commit point
         _fsync_dir(directory)
     finally:

@@ -13,6 +13,8 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from exburn_tf.validation import INT64_MAX
+
 
 def _parts(value, label):
     """`[(label, value)]` for one array, one entry per array for a dict or tuple of arrays."""
@@ -31,6 +33,9 @@ def _as_numeric(value, label, name):
         array = np.asarray(value, dtype=object)  # ragged nested lists
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise TypeError(f"{name}: {label} must be numeric, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        # A cast to float would silently drop the imaginary part.
+        raise TypeError(f"{name}: {label} must be real numbers, got dtype {array.dtype}")
     if array.ndim == 0:
         raise ValueError(f"{name}: {label} must have a sample dimension, got a scalar")
     return array
@@ -174,8 +179,9 @@ def make_dataset(x, y, batch_size, shuffle, seed, drop_remainder=False):
 def _check_options(batch_size, shuffle, seed, drop_remainder):
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
         raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {int(batch_size)}")
+    if not 1 <= batch_size <= INT64_MAX:
+        raise ValueError(f"batch_size must be a positive integer <= {INT64_MAX}, "
+                         f"got {int(batch_size)}")
     for option, value in ("shuffle", shuffle), ("drop_remainder", drop_remainder):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{option} must be a bool, got {value!r}")
@@ -241,6 +247,7 @@ class TrainData:
     def __init__(self, data, batch_size, shuffle, seed):
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         if isinstance(data, tf.data.Dataset):
+            check_element_spec(data, "data")
             self.arrays = None
             self.source = data
             cardinality = int(data.cardinality())
@@ -286,27 +293,33 @@ class TrainData:
         return tf.nest.map_structure(lambda a: a[:2], x), y[:2]
 
     def check_against(self, model):
-        """Raises ValueError if the model rejects the inputs or the loss the targets."""
+        """Raises ValueError if the model rejects the inputs, the labels or the loss.
+
+        Array labels are all checked; of a `tf.data.Dataset`, the first batch's.
+        """
         x, y = self.first_batch()
-        check_batch(model, x, y, "data")
-        if self.arrays is not None:
-            from exburn_tf import losses as losses_lib
-            outputs = model.keras_model(x, training=False)
-            losses_lib.validate_labels(model.loss, self.arrays[1], tuple(outputs.shape))
+        predictions = checked_forward(model, x, "data")
+        check_labels(model, y if self.arrays is None else self.arrays[1],
+                     tuple(predictions.shape), "data")
+        checked_loss(model, y, predictions, "data")
 
 
-def check_batch(model, x, y, name):
-    """One inference-mode forward and loss on (x, y); a failure becomes a ValueError.
+def checked_forward(model, x, name):
+    """One inference-mode forward on `x`; a failure becomes a ValueError naming `name`.
 
-    Runs before any variable changes, so a shape the model or loss rejects is reported
-    with the option's name instead of a TensorFlow traceback from inside the step.
+    Runs before any variable changes, so a shape the model rejects is reported with the
+    option's name instead of a TensorFlow traceback from inside the step.
     """
     try:
-        predictions = model.keras_model(x, training=False)
+        return model.keras_model(x, training=False)
     except Exception as error:  # Keras raises many types for bad input shapes
         shapes = tf.nest.map_structure(lambda t: tuple(np.shape(t)), x)
         raise ValueError(f"{name}: the model rejects inputs of shape {shapes}: "
                          f"{_first_line(error)}") from None
+
+
+def checked_loss(model, y, predictions, name):
+    """The loss on one batch; a failure or a non-scalar becomes a ValueError."""
     try:
         loss = model.loss(y, predictions)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
@@ -317,12 +330,46 @@ def check_batch(model, x, y, name):
         raise ValueError(f"{name}: the loss must return a scalar, got shape {np.shape(loss)}")
 
 
-def check_dataset_against(model, dataset, name):
-    """`check_batch` on the first batch of a dataset."""
+def check_labels(model, y, prediction_shape, name):
+    """`losses.validate_labels` (numeric labels, class ids in range) naming `name`."""
+    from exburn_tf import losses as losses_lib
+    try:
+        losses_lib.validate_labels(model.loss, np.asarray(y), prediction_shape)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"{name}: {error}") from None
+
+
+def check_batch(model, x, y, name):
+    """`checked_forward` then `checked_loss` on one (x, y) batch."""
+    checked_loss(model, y, checked_forward(model, x, name), name)
+
+
+def check_element_spec(dataset, name):
+    """Raises ValueError unless `dataset` yields (x, y) pairs."""
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise ValueError(f"{name}: a tf.data.Dataset must yield (x, y) batches, got "
+                         f"elements {spec}")
+
+
+def check_dataset_against(model, dataset, name, labels=None):
+    """`check_batch` on the first batch of a dataset, and a label check.
+
+    Args:
+        labels: all the labels, when the dataset was made from arrays (checked in full);
+            None checks the first batch's.
+    """
+    check_element_spec(dataset, name)
     x, y = next(iter(dataset.take(1)))
-    check_batch(model, x, y, name)
+    predictions = checked_forward(model, x, name)
+    check_labels(model, y if labels is None else labels, tuple(predictions.shape), name)
+    checked_loss(model, y, predictions, name)
 
 
 def _first_line(error):
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    """The informative line of an error (Keras opens with "Exception encountered...")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if not line.startswith("Exception encountered"):
+            return line
+    return lines[0] if lines else type(error).__name__

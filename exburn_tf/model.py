@@ -141,7 +141,7 @@ class Model:
 
 
 def _with_variable_learning_rate(optimizer):
-    """Returns `optimizer`, rebuilt with a constant rate if it was made with a schedule.
+    """Returns `optimizer` if its learning rate is a constant; a schedule is a ValueError.
 
     The trainer sets the rate of every step itself (schedule x warmup x lr_scale), which
     needs a rate variable; a Keras optimizer created with a schedule has none.

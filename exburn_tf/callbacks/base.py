@@ -99,6 +99,10 @@ class CallbackList:
         self._keras_model = model.keras_model
         # As in Keras' own fit: a stop request from an earlier run must not end this one.
         self._keras_model.stop_training = False
+        # Keras callbacks such as TensorBoard and LearningRateScheduler read
+        # `model.optimizer`, which only Keras' own compile sets.
+        if getattr(self._keras_model, "optimizer", None) is None and hasattr(model, "optimizer"):
+            self._keras_model.optimizer = model.optimizer
         for callback in keras_callbacks:
             callback.set_model(self._keras_model)
             callback.set_params(dict(params))

@@ -18,7 +18,7 @@ class Checkpoint:
         keep only the newest `keep` checkpoints
 
     Args:
-        directory: where `ckpt-<step>` directories go.
+        directory: where `ckpt-<n>` directories go (n counts writes).
         every: epochs between checkpoints (default 1).
         keep: how many to keep (default 3).
         monitor: metric for `best_only` (default "val_loss" when best_only).

@@ -214,7 +214,7 @@ def print_results(out):
         if key in ("example", "history", "notes") or value is None:
             continue
         if isinstance(value, float):
-            value = f"{value:.4f}"
+            value = f"{value:.4g}"
         print(f"  {key}: {value}")
     for note in out["notes"]:
         print(f"  note: {note}")
