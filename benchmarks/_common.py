@@ -190,12 +190,17 @@ def keras_fit_rate(weights, x, y, batch_size, epochs, steps_per_execution=1,
     return len(x) / median(clock.steady_epoch_seconds())
 
 
-def alternate(contenders, repeats):
-    """Runs each contender once per repetition, in turn; returns name -> list of results."""
+def alternate(contenders, repeats, warmup=0):
+    """Runs each contender once per repetition, in turn; returns name -> list of results.
+
+    The first `warmup` rounds are run and dropped (process-wide first-use costs).
+    """
     results = {name: [] for name in contenders}
-    for _ in range(repeats):
+    for round_index in range(warmup + repeats):
         for name, run in contenders.items():
-            results[name].append(run())
+            result = run()
+            if round_index >= warmup:
+                results[name].append(result)
     return results
 
 

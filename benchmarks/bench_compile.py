@@ -1,7 +1,8 @@
 """Compile cost, retracing and memory of `eb.fit` (MLP, every feature on).
 
 * Time to first step: one `fit` call over a single batch of 32 on a fresh model — setup,
-  tracing, graph optimisation and the step itself — for `eb.fit` and Keras `fit`; then a
+  tracing, graph optimisation and the step itself — for `eb.fit` and Keras `fit` (after one
+  dropped round that pays the process-wide first-use costs of both libraries); then a
   second such call on the same model (Keras keeps its traced function, a new `eb.fit` call
   traces its step again).
 * Retraces: `TrainStep.trace_count` after 5 epochs whose last batch is partial (N = 16,377,
@@ -124,7 +125,8 @@ def main():
     start = time.perf_counter()
 
     firsts = common.alternate({"pair": lambda: first_step_seconds(weights, x, y),
-                               "eb_jit": lambda: eb_jit_first_step(weights, x, y)}, repeats)
+                               "eb_jit": lambda: eb_jit_first_step(weights, x, y)},
+                              repeats, warmup=1)
     eb_first, eb_second, keras_first, keras_second = (
         common.median(column) for column in zip(*firsts["pair"]))
     eb_jit_first = common.median(firsts["eb_jit"])

@@ -23,12 +23,21 @@ def _check_model(model):
 
 
 def _batch(model, batch, checked):
-    """Validated (x, y) tensors of one batch; the forward check runs once per shape."""
+    """Validated (x, y) tensors of one batch; the forward check runs once per shape, the
+    label check (class ids in range) on every batch.
+
+    Args:
+        checked: dict, input signature -> the model's output for a batch of it.
+    """
     x, y = data_lib.validate_arrays(*data_lib.unpack(batch, "batch"), name="batch")
     signature = tuple(str(a.shape[1:]) + str(a.dtype) for a in tf.nest.flatten((x, y)))
     if signature not in checked:
-        data_lib.check_batch(model, x, y, "batch")
-        checked.add(signature)
+        predictions = data_lib.checked_forward(model, x, "batch")
+        data_lib.check_labels(model, y, predictions, "batch")
+        data_lib.checked_loss(model, y, predictions, "batch")
+        checked[signature] = predictions
+    else:
+        data_lib.check_labels(model, y, checked[signature], "batch")
     return x, y
 
 
@@ -72,7 +81,7 @@ class _SingleBatchStep(step_lib.TrainStep):
 
     def __init__(self, model, config):
         super().__init__(model, config, tf.distribute.get_strategy())
-        self.checked = set()
+        self.checked = {}
         self._single = tf.function(self._one_batch)
 
     def __call__(self, x, y):
@@ -107,7 +116,7 @@ def compute_gradients(model, batch, grad_method="autodiff", epsilon=1e-5):
 
 class _Gradients:
     def __init__(self, model, config):
-        self.checked = set()
+        self.checked = {}
         forward_backward = step_lib.ForwardBackward(model, config, state=model.state)
 
         def mean_gradients(x, y):
@@ -146,7 +155,7 @@ def profile_step(model, batch, clip_norm=None, clip_value=None, weight_decay=Non
 class _Phases(step_lib.TrainStep):
     def __init__(self, model, config):
         super().__init__(model, config, tf.distribute.get_strategy())
-        self.checked = set()
+        self.checked = {}
         keras_model = model.keras_model
         self._forward = tf.function(
             lambda x, y: self._forward_backward._loss(y, keras_model(x, training=True)))

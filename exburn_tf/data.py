@@ -179,9 +179,10 @@ def make_dataset(x, y, batch_size, shuffle, seed, drop_remainder=False):
 def _check_options(batch_size, shuffle, seed, drop_remainder):
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
         raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not 1 <= batch_size <= INT64_MAX:
-        raise ValueError(f"batch_size must be a positive integer <= {INT64_MAX}, "
-                         f"got {int(batch_size)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {int(batch_size)}")
+    if batch_size > INT64_MAX:
+        raise ValueError(f"batch_size must be <= {INT64_MAX}, got {int(batch_size)}")
     for option, value in ("shuffle", shuffle), ("drop_remainder", drop_remainder):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{option} must be a bool, got {value!r}")
@@ -299,8 +300,7 @@ class TrainData:
         """
         x, y = self.first_batch()
         predictions = checked_forward(model, x, "data")
-        check_labels(model, y if self.arrays is None else self.arrays[1],
-                     tuple(predictions.shape), "data")
+        check_labels(model, y if self.arrays is None else self.arrays[1], predictions, "data")
         checked_loss(model, y, predictions, "data")
 
 
@@ -330,11 +330,16 @@ def checked_loss(model, y, predictions, name):
         raise ValueError(f"{name}: the loss must return a scalar, got shape {np.shape(loss)}")
 
 
-def check_labels(model, y, prediction_shape, name):
-    """`losses.validate_labels` (numeric labels, class ids in range) naming `name`."""
+def check_labels(model, y, predictions, name):
+    """`losses.validate_labels` (numeric labels, class ids in range) naming `name`.
+
+    Multi-output models (nested targets or predictions) are left to the loss.
+    """
     from exburn_tf import losses as losses_lib
+    if isinstance(y, (dict, tuple)) or tf.nest.is_nested(predictions):
+        return
     try:
-        losses_lib.validate_labels(model.loss, np.asarray(y), prediction_shape)
+        losses_lib.validate_labels(model.loss, np.asarray(y), tuple(predictions.shape))
     except (ValueError, TypeError) as error:
         raise type(error)(f"{name}: {error}") from None
 
@@ -360,10 +365,21 @@ def check_dataset_against(model, dataset, name, labels=None):
             None checks the first batch's.
     """
     check_element_spec(dataset, name)
-    x, y = next(iter(dataset.take(1)))
+    first = next(iter(dataset.take(1)), None)
+    if first is None:
+        raise ValueError(f"{name} is empty: the tf.data.Dataset has no batches")
+    x, y = first
     predictions = checked_forward(model, x, name)
-    check_labels(model, y if labels is None else labels, tuple(predictions.shape), name)
+    check_labels(model, y if labels is None else labels, predictions, name)
     checked_loss(model, y, predictions, name)
+
+
+def op_error_message(error):
+    """The cause in a TensorFlow op error, without the graph's node and traceback lines."""
+    lines = [line.strip() for line in error.message.splitlines()]
+    causes = [line for line in lines if line and not line.startswith(
+        ("Graph execution error", "Detected at node", "File ", "[[", "{{"))]
+    return causes[-1] if causes else _first_line(error)
 
 
 def _first_line(error):

@@ -6,7 +6,7 @@ import tensorflow as tf
 from exburn_tf import data as data_lib
 from exburn_tf import losses as losses_lib
 from exburn_tf.step import batch_size_of, sum_over_replicas
-from exburn_tf.validation import check_bool, check_int
+from exburn_tf.validation import INT64_MAX, check_bool, check_int
 
 
 class EvalStep:
@@ -80,7 +80,12 @@ def eval_step_for(model, track_accuracy, strategy):
 def evaluate_dataset(model, dataset, track_accuracy, strategy):
     """Returns (loss, accuracy or None) over `dataset`."""
     step = eval_step_for(model, track_accuracy, strategy)
-    loss_sum, correct, samples = step(dataset)
+    try:
+        loss_sum, correct, samples = step(dataset)
+    except tf.errors.InvalidArgumentError as error:
+        # A tf.data batch after the first (which was checked) that the model rejects.
+        raise ValueError(f"evaluation data: a batch was rejected: "
+                         f"{data_lib.op_error_message(error)}") from None
     if samples == 0:
         raise ValueError("evaluation data is empty: no samples to evaluate")
     accuracy = float(correct / samples) if step.has_accuracy else None
@@ -100,9 +105,12 @@ def evaluate(model, data, track_accuracy=False, batch_size=256):
         `loss`, or `(loss, accuracy_or_None)` when `track_accuracy` is True.
     """
     check_bool("track_accuracy", track_accuracy)
-    check_int("batch_size", batch_size)
+    check_int("batch_size", batch_size, maximum=INT64_MAX)
     strategy = current_strategy()
     dataset = data_lib.batched(data, batch_size)
+    # Shapes and labels are checked on the host first: no TensorFlow error from the graph.
+    labels = None if isinstance(data, tf.data.Dataset) else data[1]
+    data_lib.check_dataset_against(model, dataset, "data", labels=labels)
     loss, accuracy = evaluate_dataset(model, dataset, track_accuracy, strategy)
     return (loss, accuracy) if track_accuracy else loss
 

@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
-from exburn_tf.validation import check_bool, check_choice, check_int, check_number
+from exburn_tf.validation import (INT32_MAX, INT64_MAX, check_bool, check_choice, check_int,
+                                  check_number)
 
 GRAD_METHODS = ("autodiff", "numerical", "numerical_batch")
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
@@ -52,7 +53,12 @@ class FitOptions:
 
     def __post_init__(self):
         check_int("epochs", self.epochs)
-        check_int("batch_size", self.batch_size)
+        check_int("batch_size", self.batch_size, maximum=INT64_MAX)
+        if self.callbacks is None:
+            self.callbacks = ()
+        if not isinstance(self.callbacks, (list, tuple)):
+            raise TypeError("callbacks must be a list or tuple of callables or "
+                            f"keras.callbacks.Callback, got {self.callbacks!r}")
         check_bool("shuffle", self.shuffle)
         if isinstance(self.verbose, bool) or self.verbose in (0, 1, 2):
             self.verbose = bool(self.verbose)
@@ -64,14 +70,14 @@ class FitOptions:
         check_number("clip_value", self.clip_value, minimum=0.0, exclusive=True, allow_none=True)
         check_number("weight_decay", self.weight_decay, minimum=0.0, allow_none=True)
         check_choice("weight_decay_mode", self.weight_decay_mode, ("coupled", "decoupled"))
-        check_int("accumulate_gradients", self.accumulate_gradients)
+        check_int("accumulate_gradients", self.accumulate_gradients, maximum=INT32_MAX)
         check_bool("accuracy", self.accuracy)
         check_bool("nesterov", self.nesterov)
         check_int("seed", self.seed, minimum=0, allow_none=True)
         check_choice("grad_method", self.grad_method, GRAD_METHODS)
         check_number("epsilon", self.epsilon, minimum=0.0, exclusive=True)
         if self.steps_per_execution != "auto":
-            check_int("steps_per_execution", self.steps_per_execution)
+            check_int("steps_per_execution", self.steps_per_execution, maximum=INT32_MAX)
         check_bool("jit_compile", self.jit_compile)
         if self.strategy is not None and not isinstance(self.strategy, tf.distribute.Strategy):
             raise TypeError(

@@ -15,6 +15,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.optimizers.schedules import LearningRateSchedule
 
@@ -180,6 +181,38 @@ def get(identifier, horizon=None):
     if not isinstance(identifier, (str, tuple, list)):
         raise TypeError(f"lr_schedule must be a tuple, got {identifier!r}. {_EXPECTED}")
     return _from_tuple(identifier, horizon)
+
+
+def check_rates(schedule, horizon, max_points=1000):
+    """Raises ValueError if a Keras schedule object gives a negative or non-finite rate.
+
+    Checks the positions 0 .. horizon - 1 a run will use (at most `max_points` of them,
+    evenly spread, when the schedule cannot take them all at once). ExBurn's own
+    schedules check their arguments on construction and are not evaluated again.
+
+    Args:
+      schedule: what `get` returned (None, a float or a `LearningRateSchedule`).
+      horizon: the number of periods (epochs or optimizer steps) of the run.
+    """
+    if not isinstance(schedule, LearningRateSchedule) or type(schedule) in (
+            StepDecay, ExponentialDecay, CosineDecay):
+        return
+    positions = tf.range(max(int(horizon), 1), dtype=tf.int64)
+    try:
+        rates = tf.reshape(tf.cast(schedule(positions), tf.float32), [-1]).numpy()
+        if rates.shape[0] != positions.shape[0]:
+            raise ValueError("not element-wise")
+    except (ValueError, TypeError, tf.errors.OpError):
+        # Schedules built on scalar control flow (PiecewiseConstantDecay) take one step.
+        positions = tf.constant(sorted({int(i) for i in np.linspace(
+            0, max(int(horizon), 1) - 1, max_points)}), tf.int64)
+        rates = np.array([float(schedule(p)) for p in positions])
+    bad = np.flatnonzero(~np.isfinite(rates) | (rates < 0))
+    if bad.size:
+        index = int(positions.numpy()[bad[0]])
+        raise ValueError(
+            f"lr_schedule {type(schedule).__name__} gives a negative or non-finite rate "
+            f"{float(rates[bad[0]])!r} at position {index}; every rate must be >= 0")
 
 
 def _from_tuple(identifier, horizon):

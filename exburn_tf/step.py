@@ -51,6 +51,8 @@ class StepConfig:
         grad_method: "autodiff" (GradientTape) or a finite-difference method of
             `exburn_tf.numerical` (for gradient checking; one device only).
         epsilon: finite-difference step.
+        max_skipped_in_row: a call stops after this many skipped steps in a row, so that
+            no later step is applied before the host raises (0: never stops).
     """
 
     pipeline: gradients_lib.GradientPipeline
@@ -62,6 +64,7 @@ class StepConfig:
     jit_compile: bool = False
     grad_method: str = "autodiff"
     epsilon: float = 1e-5
+    max_skipped_in_row: int = 0
 
 
 def batch_size_of(y):
@@ -276,8 +279,14 @@ class TrainStep:
             max_in_row = tf.maximum(max_in_row, tf.cast(state.skipped_in_row, tf.float32))
             return i + 1, got < k, sums + step_sums, lr, max_in_row
 
+        limit = float(self.config.max_skipped_in_row or "inf")
+
+        def go_on(i, done, sums, last_lr, max_in_row):
+            return tf.logical_and(tf.logical_and(i < num_steps, tf.logical_not(done)),
+                                  max_in_row < limit)
+
         _, done, sums, last_lr, max_in_row = tf.while_loop(
-            lambda i, done, *_: tf.logical_and(i < num_steps, tf.logical_not(done)),
+            go_on,
             one_step,
             (tf.constant(0), tf.constant(False), tf.zeros([NUM_SUMS]), tf.constant(0.0),
              tf.constant(0.0)))

@@ -73,9 +73,11 @@ class _Fit:
         self.chief = is_chief(strategy)
         self.train = data_lib.TrainData(data, opts.batch_size, opts.shuffle,
                                         _seed(opts.seed, model.seed, strategy))
-        self.validation = None
+        self.validation = self.validation_labels = None
         if opts.validation_data is not None:
             self.validation = data_lib.batched(opts.validation_data, 256, "validation_data")
+            if not isinstance(opts.validation_data, tf.data.Dataset):
+                self.validation_labels = opts.validation_data[1]  # all checked, not a batch
         callbacks = list(opts.callbacks)
         if opts.tensorboard is not None:
             callbacks.append(callbacks_lib.TensorBoard(opts.tensorboard))
@@ -90,6 +92,7 @@ class _Fit:
         horizon = opts.epochs if opts.lr_schedule_unit == "epoch" else \
             (self.steps_per_epoch or 1) * opts.epochs
         self.schedule = schedules_lib.get(opts.lr_schedule, horizon=horizon)
+        schedules_lib.check_rates(self.schedule, horizon)
         self._bind(model)
 
     def _bind(self, model):
@@ -100,7 +103,8 @@ class _Fit:
         self.model = model
         self.train.check_against(model)
         if self.validation is not None:
-            data_lib.check_dataset_against(model, self.validation, "validation_data")
+            data_lib.check_dataset_against(model, self.validation, "validation_data",
+                                           labels=self.validation_labels)
         self.step = step_lib.TrainStep(model, _step_config(model, self.opts, self.schedule),
                                        self.strategy)
         self.pacer = CallPacer(self.opts.steps_per_execution)
@@ -184,7 +188,14 @@ class _Fit:
             num_steps = self.pacer.next(None if total is None else total - done)
             traces = self.step.trace_count
             call_start = time.perf_counter()
-            out = self.step(iterator, num_steps)
+            try:
+                out = self.step(iterator, num_steps)
+            except tf.errors.InvalidArgumentError as error:
+                # A tf.data batch after the first (which was checked) that the model or
+                # loss rejects; the steps before it were applied.
+                raise ValueError(f"data: a batch of epoch {epoch} was rejected (earlier "
+                                 f"steps were applied): {data_lib.op_error_message(error)}"
+                                 ) from None
             seconds = time.perf_counter() - call_start
             sums += out[:step_lib.NUM_SUMS]
             max_in_row = max(max_in_row, out[step_lib.MAX_SKIPPED_IN_ROW])
@@ -281,6 +292,7 @@ def _step_config(model, opts, schedule):
         track_accuracy=opts.accuracy,
         decoupled_decay=decay if opts.weight_decay_mode == "decoupled" else 0.0,
         jit_compile=opts.jit_compile, grad_method=opts.grad_method, epsilon=opts.epsilon,
+        max_skipped_in_row=opts.max_skipped_steps if opts.terminate_on_nan else 0,
         dynamic_loss_scale=opts.mixed_precision == "mixed_float16")
 
 

@@ -33,6 +33,8 @@ class Checkpoint:
         self.every = check_int("every", every)
         self.keep = check_int("keep", keep)
         self.best_only = check_bool("best_only", best_only)
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise TypeError(f"monitor must be a non-empty string or None, got {monitor!r}")
         self.monitor = monitor if monitor is not None else ("val_loss" if best_only else None)
         self.mode = check_choice("mode", mode, ("auto", "min", "max"))
         self.reset()
