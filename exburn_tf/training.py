@@ -144,7 +144,10 @@ class _Fit:
         # The callback state is checked (and taken) before any variable is assigned.
         meta = checkpoint_lib.restore(self.model, path, check=self.context.restore_record)
         self.train.seed = self.context.seed
-        return meta["epoch"] + 1
+        history = meta.get("history") or [{}]
+        if history[-1].get("stop_training"):
+            return self.opts.epochs + 1  # the run had stopped (early stopping): it is over
+        return meta.get("epoch", 0) + 1
 
     def _epoch(self, epoch, started):
         """Trains one epoch, validates, runs callbacks and progress; returns the dict."""

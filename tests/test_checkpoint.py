@@ -295,7 +295,8 @@ def test_a_missing_or_empty_directory_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("other, differs", [
-    (lambda: sequential(hidden=5), r"model/0000 .*\(3, 8\) in the file, float32\(3, 5\) in the model"),
+    (lambda: sequential(hidden=5),
+     r"model/0000 .*\(3, 8\) in the file, float32\(3, 5\) in the model"),
     (lambda: keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(CLASSES)]),
      r"entries in the file"),
 ], ids=["other-width", "other-depth"])
@@ -482,13 +483,14 @@ def test_a_crash_at_the_commit_point_leaves_the_previous_checkpoint(tmp_path, mo
 def test_resume_with_other_callbacks_is_refused_before_anything_changes(tmp_path):
     model = eb.Model.compile(sequential(), loss="cross_entropy", optimizer="adam")
     eb.fit(model, data(), epochs=2, batch_size=8, verbose=False, seed=1,
-           checkpoint_dir=tmp_path, callbacks=[eb.callbacks.EarlyStopping(patience=3)])
+           checkpoint_dir=tmp_path,
+           callbacks=[eb.callbacks.EarlyStopping(patience=3, monitor="loss")])
     target = eb.Model.compile(sequential(seed=4), loss="cross_entropy", optimizer="adam")
     before = snapshot(target)
     with pytest.raises(ValueError, match="callback"):
         eb.fit(target, data(), epochs=4, batch_size=8, verbose=False, seed=1,
                checkpoint_dir=tmp_path, resume=True,
-               callbacks=[eb.callbacks.ReduceLROnPlateau(patience=3)])
+               callbacks=[eb.callbacks.ReduceLROnPlateau(patience=3, monitor="loss")])
     assert_same(snapshot(target), before)
 
 
@@ -547,3 +549,33 @@ def assert_same_history(history, expected):
                  for k, v in entry.items() if k not in times} for entry in entries]
 
     assert untimed(history, approx=False) == untimed(expected, approx=True)
+
+
+def test_a_run_that_stopped_early_stays_stopped_on_resume(tmp_path):
+    def run(resume):
+        model = eb.Model.compile(sequential(), loss="cross_entropy", optimizer="sgd",
+                                 learning_rate=0.1)
+        early = eb.callbacks.EarlyStopping(patience=2, monitor="val_score",
+                                           restore_best_weights=True)
+        eb.fit(model, data(), epochs=len(SCORES), batch_size=8, verbose=False, seed=2,
+               callbacks=[_score, early], checkpoint_dir=tmp_path, resume=resume)
+        return model
+
+    stopped = run(resume=False)
+    assert len(stopped.history) == 4 and stopped.history[-1]["stop_training"]
+    resumed = run(resume=True)  # e.g. the process was killed in on_train_end
+    assert_same(snapshot(resumed), snapshot(stopped))
+    assert len(resumed.history) == 4
+
+
+def test_resume_from_a_model_save_outside_fit_starts_at_epoch_one(tmp_path):
+    model = eb.Model.compile(sequential(), loss="cross_entropy", optimizer="adam")
+    model.save(tmp_path)
+    resumed = eb.Model.compile(sequential(seed=3), loss="cross_entropy", optimizer="adam")
+    eb.fit(resumed, data(), epochs=2, batch_size=8, verbose=False, seed=1,
+           checkpoint_dir=tmp_path, resume=True,
+           callbacks=[eb.callbacks.EarlyStopping(patience=3, monitor="loss")])
+    reference = eb.Model.compile(sequential(), loss="cross_entropy", optimizer="adam")
+    eb.fit(reference, data(), epochs=2, batch_size=8, verbose=False, seed=1)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert_same(snapshot(resumed), snapshot(reference))
