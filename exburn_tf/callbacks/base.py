@@ -129,12 +129,22 @@ class CallbackList:
                 callback.on_train_batch_end(batch, dict(named))
 
     def on_epoch_end(self, metrics):
-        """Runs the map callbacks in order, then the Keras ones; returns the final dict.
+        """Runs every callback in list order; returns the final dict.
+
+        A map callback gets the previous callback's output; a Keras callback gets that
+        dict as Keras-named logs, and a `stop_training` it sets on the Keras model is
+        visible to the callbacks after it as `stop_training: True`.
 
         Raises:
             TypeError: a map callback returned something that is not a dict.
         """
-        for callback in self._map_callbacks():
+        for callback in self.callbacks:
+            if isinstance(callback, keras.callbacks.Callback):
+                self._follow_model(metrics.get("model"))
+                callback.on_epoch_end(metrics["epoch"] - 1, dict(keras_logs(metrics)))
+                if getattr(self._keras_model, "stop_training", False):
+                    metrics = {**metrics, "stop_training": True}
+                continue
             result = callback(metrics)
             if not isinstance(result, dict):
                 raise TypeError(
@@ -142,15 +152,6 @@ class CallbackList:
                     f"{type(result).__name__}, expected a dict"
                 )
             metrics = result
-        keras_callbacks = self._keras_callbacks()
-        if not keras_callbacks:
-            return metrics
-        self._follow_model(metrics.get("model"))
-        named = keras_logs(metrics)
-        for callback in keras_callbacks:
-            callback.on_epoch_end(metrics["epoch"] - 1, dict(named))
-        if getattr(self._keras_model, "stop_training", False):
-            metrics = {**metrics, "stop_training": True}
         return metrics
 
     def _follow_model(self, model):

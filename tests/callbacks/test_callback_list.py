@@ -147,17 +147,33 @@ def test_keras_callbacks_follow_a_replaced_model(model):
     assert recorder.last_model is replacement.keras_model
 
 
-def test_keras_callbacks_run_after_the_map_callbacks(model):
+def test_keras_and_map_callbacks_run_in_list_order(model):
     order = []
     keras_hook = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: order.append(("keras", logs["val_loss"])))
 
-    def map_callback(metrics):
-        order.append("map")
+    def before(metrics):
+        order.append("before")
         return {**metrics, "val_loss": 0.25}
 
-    drive(CallbackList([keras_hook, map_callback]), model, 1, val_loss=[1.0])
-    assert order == ["map", ("keras", 0.25)]
+    def after(metrics):
+        order.append("after")
+        return {**metrics, "val_loss": 0.5}
+
+    drive(CallbackList([before, keras_hook, after]), model, 1, val_loss=[1.0])
+    assert order == ["before", ("keras", 0.25), "after"]
+
+
+def test_a_keras_stop_request_is_visible_to_later_map_callbacks(model):
+    seen = []
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=0)
+
+    def after(metrics):
+        seen.append(metrics.get("stop_training", False))
+        return metrics
+
+    drive(CallbackList([stopper, after]), model, 3, val_loss=[1.0, 2.0, 3.0])
+    assert seen == [False, True]
 
 
 def test_on_train_end_reaches_map_callbacks(model):
