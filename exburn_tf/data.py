@@ -279,6 +279,16 @@ class TrainData:
             return None
         return -(-self.num_batches // accumulate)
 
+    def count_batches(self):
+        """Counts the batches of a dataset of unknown length with one pass over it.
+
+        Only used where the length is needed before training (a per-step schedule's
+        horizon); the pass runs the input pipeline once without the model.
+        """
+        if self.num_batches is None:
+            self.num_batches = int(self.source.reduce(0, lambda count, _: count + 1))
+        return self.num_batches
+
     def observe_epoch(self, samples, batches):
         """Learns the sizes of a dataset of unknown length from its first epoch."""
         if self.num_batches is None:

@@ -89,6 +89,11 @@ class _Fit:
             self.checkpoints = EpochCheckpoints(opts.checkpoint_dir, opts.checkpoint_every,
                                                 chief=self.chief)
         self.steps_per_epoch = self.train.steps_per_epoch(opts.accumulate_gradients)
+        if opts.lr_schedule_unit == "step" and isinstance(opts.lr_schedule, tuple) and \
+                self.steps_per_epoch is None:
+            # A per-step tuple schedule needs the run's length in steps up front.
+            self.train.count_batches()
+            self.steps_per_epoch = self.train.steps_per_epoch(opts.accumulate_gradients)
         horizon = opts.epochs if opts.lr_schedule_unit == "epoch" else \
             (self.steps_per_epoch or 1) * opts.epochs
         self.schedule = schedules_lib.get(opts.lr_schedule, horizon=horizon)
