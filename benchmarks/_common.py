@@ -155,6 +155,13 @@ class EpochClock:
         return list(np.diff(self.stamps)[1:])
 
 
+def epochs_for(batch_size, quick):
+    """1 tracing epoch + enough steady epochs for about a second of timing per repetition."""
+    if quick:
+        return 2
+    return 5 if batch_size < 256 else 13
+
+
 def median(values):
     return float(statistics.median(values))
 

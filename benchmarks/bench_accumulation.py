@@ -4,7 +4,7 @@ Both make the same optimizer steps (effective batch 256) on the MLP with every f
 the accumulated run does four forward/backward passes of 64 and sums their gradients in
 the compiled step. Alternating, median of repetitions, first (tracing) epoch excluded.
 
-    python benchmarks/bench_accumulation.py            # full: 5 repetitions, 1 + 4 epochs
+    python benchmarks/bench_accumulation.py            # full: 5 repetitions, 1 + 12 epochs
     python benchmarks/bench_accumulation.py --quick    # smoke
 """
 
@@ -18,7 +18,7 @@ MICRO_BATCH, STEPS, FULL_BATCH = 64, 4, 256
 def main():
     args = common.parser(__doc__.splitlines()[0]).parse_args()
     num_samples = 4096 if args.quick else common.NUM_SAMPLES
-    epochs = 2 if args.quick else 5
+    epochs = common.epochs_for(FULL_BATCH, args.quick)
     repeats = args.repeats or (1 if args.quick else 5)
     x, y = common.synthetic_data(num_samples)
     weights = common.initial_weights()

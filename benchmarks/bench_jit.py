@@ -3,7 +3,7 @@
 MLP 784-256-128-10, every feature on, batch 32 and 1024; alternating, median of
 repetitions, first (tracing and XLA-compiling) epoch excluded.
 
-    python benchmarks/bench_jit.py            # full: 5 repetitions, 1 + 4 epochs
+    python benchmarks/bench_jit.py            # full: 5 repetitions, 1 + 4 / 1 + 12 epochs
     python benchmarks/bench_jit.py --quick    # smoke
 """
 
@@ -17,17 +17,15 @@ BATCHES = (32, 1024)
 def main():
     args = common.parser(__doc__.splitlines()[0]).parse_args()
     num_samples = 4096 if args.quick else common.NUM_SAMPLES
-    epochs = 2 if args.quick else 5
     repeats = args.repeats or (1 if args.quick else 5)
     x, y = common.synthetic_data(num_samples)
     weights = common.initial_weights()
 
-    contenders = {}
-    for batch in BATCHES:
-        for jit in (False, True):
-            contenders[(batch, jit)] = (
-                lambda batch=batch, jit=jit: common.eb_fit_rate(weights, x, y, batch, epochs,
-                                                                jit_compile=jit))
+    def contender(batch, jit):
+        epochs = common.epochs_for(batch, args.quick)
+        return lambda: common.eb_fit_rate(weights, x, y, batch, epochs, jit_compile=jit)
+
+    contenders = {(batch, jit): contender(batch, jit) for batch in BATCHES for jit in (False, True)}
     start = time.perf_counter()
     results = common.alternate(contenders, repeats)
     rates = {key: common.median(values) for key, values in results.items()}

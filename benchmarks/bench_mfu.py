@@ -10,7 +10,7 @@ diagnosis the run also times the MLP's own matmuls at batch 1024 alone (the 3 fo
 5 backward products; the input gradient of the first layer is never needed): that is the
 most a step made only of those products could reach on this machine.
 
-    python benchmarks/bench_mfu.py            # full: 5 repetitions, 1 + 4 epochs
+    python benchmarks/bench_mfu.py            # full: 5 repetitions, 1 + 12 epochs
     python benchmarks/bench_mfu.py --quick    # smoke
 """
 
@@ -65,7 +65,7 @@ def model_matmuls():
 def main():
     args = common.parser(__doc__.splitlines()[0]).parse_args()
     num_samples = 4096 if args.quick else common.NUM_SAMPLES
-    epochs = 2 if args.quick else 5
+    epochs = common.epochs_for(BATCH, args.quick)
     repeats = args.repeats or (1 if args.quick else 5)
     size = 1024 if args.quick else 2048
     x, y = common.synthetic_data(num_samples)

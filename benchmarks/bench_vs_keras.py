@@ -6,7 +6,7 @@ accuracy metric. Same initial weights. Each repetition runs every contender once
 one `fit` call of 1 + E epochs; the first (tracing) epoch is dropped and the median epoch
 gives samples/s. Figures are medians over repetitions.
 
-    python benchmarks/bench_vs_keras.py            # full: 5 repetitions, 1 + 4 epochs
+    python benchmarks/bench_vs_keras.py            # full: 5 repetitions, 1 + 4 / 1 + 12 epochs
     python benchmarks/bench_vs_keras.py --quick    # smoke: 4,096 samples, 1 + 1 epochs
 """
 
@@ -20,15 +20,16 @@ import exburn_tf as eb
 EVAL_BATCH = 256
 
 
-def fit_contenders(weights, x, y, epochs):
+def fit_contenders(weights, x, y, quick):
     """name -> zero-argument callable returning steady samples/s."""
+    small, large = common.epochs_for(32, quick), common.epochs_for(1024, quick)
     return {
-        "keras_32": lambda: common.keras_fit_rate(weights, x, y, 32, epochs),
-        "keras_spe32_32": lambda: common.keras_fit_rate(weights, x, y, 32, epochs,
+        "keras_32": lambda: common.keras_fit_rate(weights, x, y, 32, small),
+        "keras_spe32_32": lambda: common.keras_fit_rate(weights, x, y, 32, small,
                                                         steps_per_execution=32),
-        "eb_32": lambda: common.eb_fit_rate(weights, x, y, 32, epochs),
-        "keras_1024": lambda: common.keras_fit_rate(weights, x, y, 1024, epochs),
-        "eb_1024": lambda: common.eb_fit_rate(weights, x, y, 1024, epochs),
+        "eb_32": lambda: common.eb_fit_rate(weights, x, y, 32, small),
+        "keras_1024": lambda: common.keras_fit_rate(weights, x, y, 1024, large),
+        "eb_1024": lambda: common.eb_fit_rate(weights, x, y, 1024, large),
     }
 
 
@@ -61,18 +62,19 @@ def evaluate_contenders(weights, x, y):
 def main():
     args = common.parser(__doc__.splitlines()[0]).parse_args()
     num_samples = 4096 if args.quick else common.NUM_SAMPLES
-    epochs = 2 if args.quick else 5
     repeats = args.repeats or (1 if args.quick else 5)
     x, y = common.synthetic_data(num_samples)
     weights = common.initial_weights()
 
     start = time.perf_counter()
-    fits = common.alternate(fit_contenders(weights, x, y, epochs), repeats)
+    fits = common.alternate(fit_contenders(weights, x, y, args.quick), repeats)
     evals = common.alternate(evaluate_contenders(weights, x, y), max(repeats, 3) * 2)
     rates = {name: common.median(values) for name, values in {**fits, **evals}.items()}
 
-    report = common.Report(f"exburn_tf vs Keras: MLP 784-256-128-10, {num_samples} samples, "
-                           f"median of {repeats} repetitions of {epochs - 1} steady epochs")
+    report = common.Report(
+        f"exburn_tf vs Keras: MLP 784-256-128-10, {num_samples} samples, median of {repeats} "
+        f"repetitions of {common.epochs_for(32, args.quick) - 1} (batch 32) / "
+        f"{common.epochs_for(1024, args.quick) - 1} (batch 1024) steady epochs")
     fmt = "{:,.0f} samples/s".format
     report.add("Keras fit, batch 32 (default settings)", fmt(rates["keras_32"]))
     report.add("Keras fit, batch 32, steps_per_execution=32", fmt(rates["keras_spe32_32"]))

@@ -1,7 +1,7 @@
 """Runs every benchmark, one fresh process each, and sums up the targets.
 
-    python benchmarks/run_all.py             # full run (about 10 minutes on 2 cores)
-    python benchmarks/run_all.py --quick     # smoke run (about 2 minutes)
+    python benchmarks/run_all.py             # full run (about 5 minutes on 2 cores)
+    python benchmarks/run_all.py --quick     # smoke run (about a minute)
     python benchmarks/run_all.py --only vs_keras,mfu --out results/
 
 Each benchmark prints its own table; stderr (TensorFlow's start-up logging) is shown only
