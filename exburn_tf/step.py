@@ -32,6 +32,9 @@ from exburn_tf import numerical
  LAST_LR, DONE, MAX_SKIPPED_IN_ROW) = range(10)
 NUM_SUMS = 7  # the first seven entries add up over steps
 
+# "No micro-batch budget": more than any epoch has.
+_NO_BUDGET = 2**31 - 1
+
 # Dynamic loss scaling (mixed_float16): double the scale after this many finite steps.
 LOSS_SCALE_GROWTH_INTERVAL = 2000
 
@@ -161,9 +164,16 @@ class TrainStep:
         """Whether the loss defines an accuracy (known once the step has been traced)."""
         return self._forward_backward.has_accuracy
 
-    def __call__(self, iterator, num_steps):
+    def __call__(self, iterator, num_steps, micro_batches=None):
+        """Runs up to `num_steps` optimizer steps, pulling at most `micro_batches`.
+
+        The micro-batch budget lets one iterator span many epochs: the last step of an
+        epoch stops at the epoch's end even when its group is short (None: no budget).
+        """
+        budget = _NO_BUDGET if micro_batches is None else micro_batches
         # Host sync point: one read-back per call, never per step.
-        return self._function(iterator, tf.constant(num_steps, tf.int32)).numpy()
+        return self._function(iterator, tf.constant(num_steps, tf.int32),
+                              tf.constant(budget, tf.int32)).numpy()
 
     # -- per micro-batch ---------------------------------------------------------------
 
@@ -172,8 +182,11 @@ class TrainStep:
         per_replica = self.strategy.run(self._forward_backward.fn, args=(x, y))
         return sum_over_replicas(self.strategy, per_replica)
 
-    def _accumulate(self, iterator):
-        """Pulls up to k micro-batches; returns (count, grad sums, loss sum, correct, samples)."""
+    def _accumulate(self, iterator, budget):
+        """Pulls up to min(k, budget) micro-batches.
+
+        Returns (count, grad sums, loss sum, correct, samples).
+        """
         variables = self.model.keras_model.trainable_variables
         zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
         empty = (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
@@ -191,14 +204,24 @@ class TrainStep:
                            lambda: (got, grad_sums, loss_sum, correct, samples))
 
         if self.config.accumulate == 1:
-            return pull(*empty)
-        k = self.config.accumulate
-        # A group ends after k micro-batches, or early when the iterator runs dry.
+            return self._pull_one(iterator, empty)
+        limit = tf.minimum(self.config.accumulate, budget)
+        # A group ends after k micro-batches, at the budget, or when the iterator runs dry.
         _, *result = tf.while_loop(
-            lambda i, got, *_: tf.logical_and(i < k, tf.equal(got, i)),
+            lambda i, got, *_: tf.logical_and(i < limit, tf.equal(got, i)),
             lambda i, *carry: (i + 1, *pull(*carry)),
             (tf.constant(0), *empty))
         return tuple(result)
+
+    def _pull_one(self, iterator, empty):
+        """k = 1: the micro-batch's gradient is the group's sum, no running sums needed."""
+        optional = iterator.get_next_as_optional()
+
+        def take():
+            x, y = optional.get_value()
+            return (tf.constant(1), *self._replicated(x, y))
+
+        return tf.cond(optional.has_value(), take, lambda: empty)
 
     # -- per optimizer step ------------------------------------------------------------
 
@@ -261,14 +284,16 @@ class TrainStep:
 
     # -- per call ------------------------------------------------------------------------
 
-    def _run_steps(self, iterator, num_steps):
+    def _run_steps(self, iterator, num_steps, budget):
         self.trace_count += 1  # Python side effect: runs only while tracing.
         k = self.config.accumulate
 
         state = self.model.state
 
         def one_step(i, done, sums, last_lr, max_in_row):
-            got, grad_sums, loss_sum, correct, samples = self._accumulate(iterator)
+            pulled = tf.cast(sums[MICRO_BATCHES], tf.int32)
+            got, grad_sums, loss_sum, correct, samples = self._accumulate(
+                iterator, budget - pulled)
 
             def step():
                 grad_norm, skipped, lr = self._apply(grad_sums, loss_sum, samples)
@@ -277,6 +302,7 @@ class TrainStep:
 
             step_sums, lr = tf.cond(got > 0, step, lambda: (tf.zeros([NUM_SUMS]), last_lr))
             max_in_row = tf.maximum(max_in_row, tf.cast(state.skipped_in_row, tf.float32))
+            # Done when the iterator ran dry or the budget is spent (a short group).
             return i + 1, got < k, sums + step_sums, lr, max_in_row
 
         limit = float(self.config.max_skipped_in_row or "inf")

@@ -124,6 +124,7 @@ class _Fit:
         self.callbacks.on_train_begin(model, {"epochs": opts.epochs, "steps": self.steps_per_epoch,
                                               "verbose": int(opts.verbose)})
         first_epoch = self._resume() if opts.resume else self._start()
+        self._shared_iterator = None
         started = time.perf_counter()
         self.epoch_seconds = []
         metrics = {}
@@ -185,7 +186,7 @@ class _Fit:
 
     def _train_epoch(self, epoch):
         """Runs the compiled step until the epoch's batches are used up."""
-        iterator = iter(self.strategy.experimental_distribute_dataset(self.train.dataset(epoch)))
+        iterator, budget = self._iterator(epoch)
         total = self.steps_per_epoch
         sums = np.zeros(step_lib.NUM_SUMS)
         max_in_row = 0.0
@@ -197,7 +198,8 @@ class _Fit:
             traces = self.step.trace_count
             call_start = time.perf_counter()
             try:
-                out = self.step(iterator, num_steps)
+                out = self.step(iterator, num_steps,
+                                None if budget is None else budget - int(sums[step_lib.MICRO_BATCHES]))
             except tf.errors.InvalidArgumentError as error:
                 # A tf.data batch after the first (which was checked) that the model or
                 # loss rejects; the steps before it were applied.
@@ -223,6 +225,21 @@ class _Fit:
             if out[step_lib.DONE]:
                 break
         return sums, timing
+
+    def _iterator(self, epoch):
+        """(iterator, micro-batch budget of the epoch) for `epoch`.
+
+        Array data: one iterator runs through all remaining epochs of the fit (each
+        epoch still in its own seeded order); the budget stops each epoch at its end.
+        A tf.data dataset: a new iterator per epoch, which ends the epoch itself.
+        """
+        if self.train.arrays is None:
+            dataset = self.train.dataset(epoch)
+            return iter(self.strategy.experimental_distribute_dataset(dataset)), None
+        if self._shared_iterator is None:
+            dataset = self.train.epochs(epoch, self.opts.epochs)
+            self._shared_iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+        return self._shared_iterator, self.train.num_batches
 
     def _report_progress(self, epoch, done, total, timing, sums):
         rate = _rate(timing)

@@ -1,6 +1,7 @@
 """Stochastic gradient descent with ExBurn's momentum rule."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from exburn_tf.optimizers._common import (
@@ -66,7 +67,14 @@ class SGD(keras.optimizers.Optimizer):
         gradient = dense_gradient(gradient, dtype)
         momentum = ops.cast(self.momentum, dtype)
         v = self.momentums[self._get_variable_index(variable)]
-
+        if _fusable(variable, v):
+            # One fused kernel (TF's ResourceApplyMomentum computes exactly this rule:
+            # v <- mu*v + g; p <- p - lr*v, or p <- p - lr*(g + mu*v) with Nesterov)
+            # instead of ~6 ops per variable; per-step overhead dominates small models.
+            tf.raw_ops.ResourceApplyMomentum(
+                var=_handle(variable), accum=_handle(v), lr=learning_rate, grad=gradient,
+                momentum=momentum, use_nesterov=self.nesterov)
+            return
         self.assign(v, ops.add(ops.multiply(momentum, v), gradient))
         direction = ops.add(gradient, ops.multiply(momentum, v)) if self.nesterov else v
         self.assign_sub(variable, ops.multiply(learning_rate, direction))
@@ -76,3 +84,24 @@ class SGD(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update({"momentum": self.momentum, "nesterov": self.nesterov})
         return config
+
+
+def _tf_variable(variable):
+    """The tf.Variable itself, or the one inside a Keras variable."""
+    return variable if isinstance(variable, tf.Variable) else variable.value
+
+
+def _handle(variable):
+    return _tf_variable(variable).handle
+
+
+def _fusable(variable, slot):
+    """The fused kernel needs plain resource variables on one device (no strategy)."""
+    if tf.distribute.has_strategy():
+        return False
+    for v in (variable, slot):
+        inner = _tf_variable(v)
+        if not isinstance(inner, tf.Variable) or \
+                isinstance(inner, tf.distribute.DistributedValues):
+            return False
+    return True
