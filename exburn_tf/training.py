@@ -9,6 +9,7 @@ The loop, in data-flow order:
 """
 
 import difflib
+import json
 import time
 
 import numpy as np
@@ -110,8 +111,7 @@ class _Fit:
         if self.validation is not None:
             data_lib.check_dataset_against(model, self.validation, "validation_data",
                                            labels=self.validation_labels)
-        self.step = step_lib.TrainStep(model, _step_config(model, self.opts, self.schedule),
-                                       self.strategy)
+        self.step = _compiled_step(model, self.opts, self.schedule, self.strategy)
         self.pacer = CallPacer(self.opts.steps_per_execution)
 
     def run(self):
@@ -303,6 +303,29 @@ class _Fit:
             state.base_lr.assign(new_lr / scale if scale else new_lr)
         if metrics.get("model") is not self.model:
             self._bind(metrics["model"])
+
+
+def _compiled_step(model, opts, schedule, strategy):
+    """The model's `TrainStep` for these options, reused across `fit` calls.
+
+    Everything the traced graph depends on is in the key (a constant rate is not: it
+    lives in `state.base_lr`), so a second `fit` with the same options skips tracing.
+    """
+    config = _step_config(model, opts, schedule)
+    schedule_key = None
+    if schedule is not None and not isinstance(schedule, float):
+        schedule_key = (type(schedule).__name__,
+                        json.dumps(schedule.get_config(), sort_keys=True, default=repr))
+    key = (json.dumps(config.pipeline.get_config(), sort_keys=True), schedule_key,
+           opts.lr_schedule_unit, opts.warmup, config.accumulate, config.track_accuracy,
+           config.decoupled_decay, config.jit_compile, config.grad_method, config.epsilon,
+           config.max_skipped_in_row, opts.mixed_precision,
+           bool(opts.nesterov or getattr(model.optimizer, "nesterov", False)),
+           id(model.optimizer), id(model.loss), id(strategy))
+    cache = model.__dict__.setdefault("_train_steps", {})
+    if key not in cache:
+        cache[key] = step_lib.TrainStep(model, config, strategy)
+    return cache[key]
 
 
 def _step_config(model, opts, schedule):
