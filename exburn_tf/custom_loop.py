@@ -6,6 +6,7 @@ step here is the same maths as one step inside `fit`.
 
 import time
 
+import numpy as np
 import tensorflow as tf
 
 from exburn_tf import data as data_lib
@@ -14,6 +15,9 @@ from exburn_tf.options import GRAD_METHODS
 from exburn_tf.validation import check_choice, check_number
 
 _CACHE = "_custom_loop_cache"
+
+# Timed repetitions of each phase in `profile_step` (medians are reported).
+PROFILE_REPEATS = 5
 
 
 def _check_model(model):
@@ -133,9 +137,11 @@ def profile_step(model, batch, clip_norm=None, clip_value=None, weight_decay=Non
                  grad_method="autodiff", epsilon=1e-5):
     """Times the phases of one training step on `batch`, then leaves the step applied.
 
-    Each phase is compiled and run once untimed to warm up (the model, optimizer and
-    counters are restored afterwards), then timed once; every clock stops only after the
-    phase's result has reached the host, so asynchronous devices cannot hide work.
+    Each phase is compiled and run once untimed to warm up, then timed `PROFILE_REPEATS`
+    times; the model, optimizer and counters are restored after every repetition but the
+    last, so exactly one step stays applied. Times are medians; every clock stops only
+    after the phase's result has reached the host, so asynchronous devices cannot hide
+    work.
 
     Returns:
         dict with `forward_ms`, `backward_ms` (forward+backward minus forward),
@@ -149,7 +155,16 @@ def profile_step(model, batch, clip_norm=None, clip_value=None, weight_decay=Non
     snapshot = _Snapshot(model)
     phases.run(x, y)  # warm-up: tracing and graph optimisation happen here
     snapshot.restore()
-    return phases.run(x, y)
+    timings = []
+    for _ in range(PROFILE_REPEATS - 1):
+        timings.append(phases.run(x, y))
+        snapshot.restore()
+    applied = phases.run(x, y)  # the one step that stays applied
+    timings.append(applied)
+    result = {key: float(np.median([t[key] for t in timings]))
+              for key in ("forward_ms", "backward_ms", "optimizer_ms", "total_ms")}
+    result["loss"] = applied["loss"]
+    return result
 
 
 class _Phases(step_lib.TrainStep):
