@@ -6,8 +6,8 @@ parameter, run as an in-graph loop so the cost is the forward passes, not Python
     central:   g_i = (L(p + ε·e_i) − L(p − ε·e_i)) / 2ε
     one-sided: g_i = (L(p + ε·e_i) − L(p)) / ε
 
-Each perturbation is assigned from a saved copy of the variable and the copy is restored
-afterwards, so the variables end bit-identical to how they started.
+Each perturbation changes one element (scatter from a saved copy) and puts the saved value
+back, so the variables end bit-identical to how they started.
 """
 
 import tensorflow as tf
@@ -34,14 +34,23 @@ def gradients(loss_fn, variables, epsilon, method="numerical"):
 
 
 def _variable_gradient(loss_fn, variable, epsilon, central, base):
-    original = tf.identity(tf.convert_to_tensor(variable))
+    tf_variable = variable if isinstance(variable, tf.Variable) else variable.value
+    original = tf.identity(tf.convert_to_tensor(tf_variable))
+    flat = tf.reshape(original, [-1])
     size = tf.size(original)
     step = tf.cast(epsilon, original.dtype)
 
+    def set_element(index, value):
+        # One element at a time: O(1) per perturbation instead of re-assigning the
+        # whole variable. A scalar variable has no element index to scatter into.
+        if original.shape.rank == 0:
+            tf_variable.assign(value)
+        else:
+            position = tf.unravel_index(index, tf.shape(original, out_type=tf.int32))
+            tf_variable.scatter_nd_update(tf.reshape(position, [1, -1]), [value])
+
     def perturbed_loss(index, sign):
-        delta = tf.reshape(tf.one_hot(index, size, dtype=original.dtype) * sign * step,
-                           tf.shape(original))
-        variable.assign(original + delta)
+        set_element(index, flat[index] + sign * step)
         return tf.cast(loss_fn(), tf.float32)
 
     def body(index, values):
@@ -51,9 +60,10 @@ def _variable_gradient(loss_fn, variable, epsilon, central, base):
             value = (plus - minus) / (2.0 * epsilon)
         else:
             value = (plus - base) / epsilon
+        set_element(index, flat[index])  # the exact original value, bit for bit
         return index + 1, values.write(index, value)
 
     _, values = tf.while_loop(lambda index, _: index < size, body,
                               (tf.constant(0), tf.TensorArray(tf.float32, size=size)))
-    variable.assign(original)
+    tf_variable.assign(original)
     return tf.reshape(values.stack(), tf.shape(original))
