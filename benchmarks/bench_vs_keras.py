@@ -95,7 +95,7 @@ def main():
     report.add("eb.evaluate / Keras evaluate, each at its default batch", "",
                rates["eb_eval_256"] / rates["keras_eval_32"])
     report.print()
-    print(f"\nall samples/s: " + ", ".join(
+    print("\nall samples/s: " + ", ".join(
         f"{name}={[round(v) for v in values]}" for name, values in {**fits, **evals}.items()))
     print(f"wall time {time.perf_counter() - start:.0f} s")
     report.write_json(args.json)

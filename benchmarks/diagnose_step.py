@@ -19,7 +19,6 @@ plus `eb.profile_step`. Rounds alternate the rungs; medians are quoted. Uses the
     python benchmarks/diagnose_step.py --batch 32
 """
 
-import time
 
 import keras
 import tensorflow as tf

@@ -1,7 +1,6 @@
 """`Model`: a Keras model compiled with ExBurn's loss / optimizer / weight-decay options."""
 
 import numpy as np
-import tensorflow as tf
 import keras
 
 from exburn_tf import losses as losses_lib

@@ -1,10 +1,8 @@
 """The bundled examples: each runs in quick mode and returns sane results; the main job in full.
 
-The optional outputs (TensorBoard logs, SavedModel) are checked strictly wherever the
-installed exburn_tf has the feature; where it does not, the example must say so in a note.
+Their outputs (TensorBoard logs, SavedModel, checkpoints) are checked where they are asked for.
 """
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -13,13 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import exburn_tf as eb
 from exburn_tf import examples
 from exburn_tf.examples import _common
 from exburn_tf.examples import mnist1d_cnn
-
-HAS_EXPORT = importlib.util.find_spec("exburn_tf.export") is not None
-HAS_TENSORBOARD = importlib.util.find_spec("exburn_tf.callbacks.tensorboard") is not None
 
 # Quick mode is a smoke test, so these floors are far below the full runs' results
 # (mnist1d_cnn 0.99, digits 0.96, tf.data 0.99, custom loop 0.96), and above chance.
@@ -48,15 +42,6 @@ def _event_files(directory):
     return glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True)
 
 
-def _assert_feature(results, path_key, present, feature):
-    """The output exists where the feature exists; a note stands in for it elsewhere."""
-    if present:
-        assert results[path_key] is not None, results["notes"]
-    else:
-        assert results[path_key] is None
-        assert any(feature in note for note in results["notes"]), results["notes"]
-
-
 @pytest.mark.parametrize("name", examples.NAMES)
 def test_every_example_runs_quick(name):
     results = examples.load(name).run(quick=True, output_dir=None)
@@ -79,13 +64,10 @@ def test_quick_run_writes_outputs_under_output_dir(tmp_path):
     assert results["epochs_run"] == 2
     with open(results["history_file"], encoding="utf-8") as handle:
         assert len(json.load(handle)) == 2
-    _assert_feature(results, "export", HAS_EXPORT, "SavedModel export")
-    _assert_feature(results, "tensorboard", HAS_TENSORBOARD, "TensorBoard")
-    if HAS_EXPORT:
-        assert os.path.exists(os.path.join(results["export"], "saved_model.pb"))
-        assert results["export_test_accuracy"] == pytest.approx(results["test_accuracy"])
-    if HAS_TENSORBOARD:
-        assert _event_files(results["tensorboard"])
+    assert results["export"] is not None and results["tensorboard"] is not None
+    assert os.path.exists(os.path.join(results["export"], "saved_model.pb"))
+    assert results["export_test_accuracy"] == pytest.approx(results["test_accuracy"])
+    assert _event_files(results["tensorboard"])
     assert results["checkpoint_dir"] == str(tmp_path / "out" / "checkpoints")
     assert os.listdir(results["checkpoint_dir"])
 
@@ -119,54 +101,16 @@ def test_outputs_default_to_sub_folders_and_explicit_paths_win():
     assert _common.Outputs.resolve(None, None, None, None) == _common.Outputs()
 
 
-def _tiny_model():
-    import keras
-    keras_model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    return eb.Model.compile(keras_model, loss="cross_entropy", optimizer="sgd")
-
-
-def test_missing_fit_feature_becomes_a_note(monkeypatch, capsys):
-    """Before a feature lands, fit raises NotImplementedError naming it: train without it."""
-    calls = []
-
-    def fit(model, data, **options):
-        calls.append(sorted(options))
-        if "checkpoint_dir" in options:
-            raise NotImplementedError("checkpoint_dir: checkpointing is not available yet")
-        return model
-
-    monkeypatch.setattr(eb, "fit", fit)
-    outputs = _common.Outputs(checkpoint_dir="ckpt")
-    model, notes, _ = _common.fit_with_outputs(_tiny_model(), None, outputs, resume=True,
-                                               epochs=1)
-    assert calls == [["checkpoint_dir", "epochs", "resume"], ["epochs"]]
-    assert outputs.checkpoint_dir is None
-    assert len(notes) == 1 and "checkpointing" in notes[0]
-    assert "note: checkpointing" in capsys.readouterr().out
-
-
-def test_other_not_implemented_errors_are_not_swallowed(monkeypatch):
-    def fit(model, data, **options):
-        raise NotImplementedError("mixed_precision: not here")
-
-    monkeypatch.setattr(eb, "fit", fit)
-    with pytest.raises(NotImplementedError, match="mixed_precision"):
-        _common.fit_with_outputs(_tiny_model(), None, _common.Outputs(tensorboard="tb"))
-
-
 @pytest.mark.slow
 def test_main_job_in_full_reaches_95_percent(tmp_path):
     results = mnist1d_cnn.run(output_dir=str(tmp_path / "mnist1d"))
     assert results["train_samples"] == 4000 and results["test_samples"] == 1000
     assert results["epochs_run"] == mnist1d_cnn.EPOCHS
     assert results["test_accuracy"] >= 0.95, results["test_accuracy"]
-    _assert_feature(results, "tensorboard", HAS_TENSORBOARD, "TensorBoard")
-    _assert_feature(results, "export", HAS_EXPORT, "SavedModel export")
-    if HAS_TENSORBOARD:
-        assert _event_files(results["tensorboard"])
-    if HAS_EXPORT:
-        assert os.path.exists(os.path.join(results["export"], "saved_model.pb"))
-        served = tf.saved_model.load(results["export"])
-        assert hasattr(served, "serve")
-        assert results["export_test_accuracy"] == pytest.approx(results["test_accuracy"])
+    assert results["export"] is not None and results["tensorboard"] is not None
+    assert _event_files(results["tensorboard"])
+    assert os.path.exists(os.path.join(results["export"], "saved_model.pb"))
+    served = tf.saved_model.load(results["export"])
+    assert hasattr(served, "serve")
+    assert results["export_test_accuracy"] == pytest.approx(results["test_accuracy"])
     assert os.listdir(results["checkpoint_dir"])

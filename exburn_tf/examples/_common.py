@@ -1,12 +1,11 @@
-"""What every bundled example shares: its options, its output paths, and optional features.
+"""What every bundled example shares: its options and its output paths.
 
     run(epochs, batch_size, tensorboard, export, checkpoint_dir, resume, seed, quick,
         output_dir) -> results dict
 
 `add_run_arguments` declares those options once for `exburn-tf train` and for each example's
 own `main(argv)`. `fit_with_outputs` and `export_model` turn on TensorBoard logs, checkpoints
-and a SavedModel when asked, and print a note instead of failing where the installed
-exburn_tf does not have the feature yet.
+and a SavedModel when asked.
 """
 
 import argparse
@@ -19,10 +18,6 @@ import time
 import keras
 
 import exburn_tf as eb
-
-# Optional fit features, and what to call them in a note.
-_OPTIONAL_FIT_FEATURES = {"tensorboard": "TensorBoard logging", "checkpoint_dir": "checkpointing"}
-
 
 class MissingDependency(ImportError):
     """An example needs a package that is not installed (`pip install 'exburn_tf[examples]'`)."""
@@ -132,11 +127,8 @@ def start(seed, example):
 def fit_with_outputs(model, data, outputs, resume=False, **options):
     """`eb.fit` with TensorBoard logs and checkpoints as `outputs` asks.
 
-    A feature the installed exburn_tf does not have yet (it raises `NotImplementedError`
-    naming the option before training starts) is left out with a printed note.
-
     Returns:
-        `(model, notes, seconds)`: the trained model, the notes printed, the time in fit.
+        `(model, seconds)`: the trained model and the time spent in fit.
     """
     options = dict(options)
     if outputs.tensorboard:
@@ -145,50 +137,15 @@ def fit_with_outputs(model, data, outputs, resume=False, **options):
         options["checkpoint_dir"] = outputs.checkpoint_dir
     if resume:
         options["resume"] = True  # fit itself rejects it without a checkpoint_dir
-    notes = []
     started = time.perf_counter()
-    while True:
-        epochs_before = len(model.history)
-        try:
-            model = eb.fit(model, data, **options)
-            return model, notes, time.perf_counter() - started
-        except NotImplementedError as error:
-            name = _unavailable_option(error, options)
-            if name is None or len(model.history) != epochs_before:
-                raise
-            notes.append(_note(_OPTIONAL_FIT_FEATURES[name], error))
-            setattr(outputs, name, None)
-            del options[name]
-            if name == "checkpoint_dir":
-                options.pop("resume", None)
+    model = eb.fit(model, data, **options)
+    return model, time.perf_counter() - started
 
 
-def _unavailable_option(error, options):
-    """The optional option an early `NotImplementedError` names, or None."""
-    message = str(error)
-    for name in _OPTIONAL_FIT_FEATURES:
-        if name in options and message.startswith(name):
-            return name
-    return None
-
-
-def export_model(model, outputs, notes):
-    """`model.export(outputs.export)` when asked; a note instead where export is missing."""
-    if not outputs.export:
-        return
-    try:
+def export_model(model, outputs):
+    """`model.export(outputs.export)` when asked."""
+    if outputs.export:
         model.export(outputs.export)
-    except (NotImplementedError, ModuleNotFoundError) as error:
-        if isinstance(error, ModuleNotFoundError) and error.name != "exburn_tf.export":
-            raise
-        notes.append(_note("SavedModel export", error))
-        outputs.export = None
-
-
-def _note(feature, error):
-    note = f"{feature} is not available in this version of exburn_tf ({error}); skipped"
-    print(f"note: {note}")
-    return note
 
 
 def results(example, model, outputs, notes, train_seconds, **metrics):

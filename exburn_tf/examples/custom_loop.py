@@ -110,7 +110,7 @@ def run(epochs=None, batch_size=None, tensorboard=None, export=None, checkpoint_
     seconds = time.perf_counter() - started
 
     test_loss, test_accuracy = eb.evaluate(model, test, track_accuracy=True)
-    _common.export_model(model, outputs, notes)
+    _common.export_model(model, outputs)
     return _common.results(NAME, model, outputs, notes, seconds,
                            test_accuracy=test_accuracy, test_loss=test_loss,
                            gradient_check_error=error, gradient_scale=scale,

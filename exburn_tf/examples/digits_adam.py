@@ -64,14 +64,14 @@ def run(epochs=None, batch_size=None, tensorboard=None, export=None, checkpoint_
                              learning_rate=LEARNING_RATE, seed=seed)
     early_stopping = eb.callbacks.EarlyStopping(
         patience=PATIENCE, monitor="val_loss", restore_best_weights=True)
-    model, notes, seconds = _common.fit_with_outputs(
+    model, seconds = _common.fit_with_outputs(
         model, (x_train, y_train), outputs, resume=resume,
         epochs=epochs, batch_size=batch_size or BATCH_SIZE, validation_data=validation,
         accuracy=True, callbacks=[early_stopping])
 
     test_loss, test_accuracy = model.evaluate(test, track_accuracy=True)
-    _common.export_model(model, outputs, notes)
-    return _common.results(NAME, model, outputs, notes, seconds,
+    _common.export_model(model, outputs)
+    return _common.results(NAME, model, outputs, [], seconds,
                            test_accuracy=test_accuracy, test_loss=test_loss,
                            best_epoch=early_stopping.best_epoch,
                            best_val_loss=early_stopping.best,

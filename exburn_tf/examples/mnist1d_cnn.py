@@ -89,7 +89,7 @@ def run(epochs=None, batch_size=None, tensorboard=None, export=None, checkpoint_
                              loss="cross_entropy", optimizer="sgd",
                              learning_rate=LEARNING_RATE, momentum=0.9, seed=seed)
     steps_per_epoch = -(-len(x_train) // batch_size)
-    model, notes, seconds = _common.fit_with_outputs(
+    model, seconds = _common.fit_with_outputs(
         model, (x_train, y_train), outputs, resume=resume,
         epochs=epochs, batch_size=batch_size, validation_data=(x_test, y_test),
         nesterov=True,
@@ -99,12 +99,12 @@ def run(epochs=None, batch_size=None, tensorboard=None, export=None, checkpoint_
         weight_decay=WEIGHT_DECAY, clip_norm=CLIP_NORM, accuracy=True)
 
     test_loss, test_accuracy = model.evaluate((x_test, y_test), track_accuracy=True)
-    _common.export_model(model, outputs, notes)
+    _common.export_model(model, outputs)
     metrics = {"test_accuracy": test_accuracy, "test_loss": test_loss,
                "train_samples": len(x_train), "test_samples": len(x_test)}
     if outputs.export:
         metrics["export_test_accuracy"] = _served_accuracy(outputs.export, x_test, y_test)
-    return _common.results(NAME, model, outputs, notes, seconds, **metrics)
+    return _common.results(NAME, model, outputs, [], seconds, **metrics)
 
 
 def _served_accuracy(path, x, y):

@@ -75,7 +75,7 @@ def run(epochs=None, batch_size=None, tensorboard=None, export=None, checkpoint_
 
     model = eb.Model.compile(build_model(), loss="mse", optimizer="adam",
                              learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, seed=seed)
-    model, notes, seconds = _common.fit_with_outputs(
+    model, seconds = _common.fit_with_outputs(
         model, train, outputs, resume=resume,
         epochs=epochs, batch_size=batch_size or BATCH_SIZE, validation_data=(x_test, y_test),
         # Halve the rate every 20 epochs; halve it again on a plateau (they compose).
@@ -83,8 +83,8 @@ def run(epochs=None, batch_size=None, tensorboard=None, export=None, checkpoint_
         callbacks=[eb.callbacks.ReduceLROnPlateau(patience=5, factor=0.5)])
 
     test_mse = model.evaluate((x_test, y_test))
-    _common.export_model(model, outputs, notes)
-    return _common.results(NAME, model, outputs, notes, seconds,
+    _common.export_model(model, outputs)
+    return _common.results(NAME, model, outputs, [], seconds,
                            test_mse=test_mse, test_rmse=float(np.sqrt(test_mse)) * y_std,
                            test_r2=1.0 - test_mse / float(np.var(y_test)),
                            linear_baseline_r2=linear_baseline_r2(train, (x_test, y_test)))

@@ -95,13 +95,13 @@ def run(epochs=None, batch_size=None, tensorboard=None, export=None, checkpoint_
 
     model = eb.Model.compile(build_model(), loss="cross_entropy", optimizer="rmsprop",
                              learning_rate=LEARNING_RATE, seed=seed)
-    model, notes, seconds = _common.fit_with_outputs(
+    model, seconds = _common.fit_with_outputs(
         model, train, outputs, resume=resume, epochs=epochs, validation_data=test,
         lr_schedule=("cosine", LEARNING_RATE, 1e-5), accumulate_gradients=2, accuracy=True)
 
     test_loss, test_accuracy = model.evaluate(test, track_accuracy=True)
-    _common.export_model(model, outputs, notes)
-    return _common.results(NAME, model, outputs, notes, seconds,
+    _common.export_model(model, outputs)
+    return _common.results(NAME, model, outputs, [], seconds,
                            test_accuracy=test_accuracy, test_loss=test_loss)
 
 
