@@ -49,10 +49,9 @@ def _config(model, clip_norm, clip_value, weight_decay, grad_method, epsilon):
     check_choice("grad_method", grad_method, GRAD_METHODS)
     check_number("epsilon", epsilon, minimum=0.0, exclusive=True)
     check_number("weight_decay", weight_decay, minimum=0.0, allow_none=True)
-    config = step_lib.default_config(model, clip_norm=clip_norm, clip_value=clip_value,
-                                     weight_decay=weight_decay)
-    return step_lib.StepConfig(pipeline=config.pipeline, learning_rate=config.learning_rate,
-                               grad_method=grad_method, epsilon=epsilon)
+    return step_lib.default_config(model, clip_norm=clip_norm, clip_value=clip_value,
+                                   weight_decay=weight_decay, grad_method=grad_method,
+                                   epsilon=epsilon)
 
 
 def _cached(model, kind, key, build):
@@ -173,7 +172,7 @@ class _Phases(step_lib.TrainStep):
         self.checked = {}
         keras_model = model.keras_model
         self._forward = tf.function(
-            lambda x, y: self._forward_backward._loss(y, keras_model(x, training=True)))
+            lambda x, y: step_lib.total_loss(model, y, keras_model(x, training=True)))
         self._forward_backward_fn = tf.function(self._replicated)
         self._update = tf.function(
             lambda grads, loss_sum, samples: tf.stack(self._apply(grads, loss_sum, samples)))

@@ -4,8 +4,8 @@ import numpy as np
 import tensorflow as tf
 
 from exburn_tf import data as data_lib
-from exburn_tf import losses as losses_lib
-from exburn_tf.step import batch_size_of, sum_over_replicas
+from exburn_tf.step import (batch_size_of, correct_count, loss_sum, sum_over_replicas,
+                            total_loss)
 from exburn_tf.validation import INT64_MAX, check_bool, check_int
 
 
@@ -28,21 +28,13 @@ class EvalStep:
         return self._function(iterator).numpy()
 
     def _forward(self, x, y):
-        keras_model = self.model.keras_model
-        predictions = keras_model(x, training=False)
-        loss = tf.cast(self.model.loss(y, predictions), tf.float32)
-        if keras_model.losses:
-            loss += tf.add_n([tf.cast(l, tf.float32) for l in keras_model.losses])
+        predictions = self.model.keras_model(x, training=False)
         samples = batch_size_of(y)
-        # An empty replica shard (uneven last batch) has a NaN mean; it weighs nothing.
-        loss_sum = tf.where(samples > 0, loss * samples, 0.0)
         correct = tf.constant(0.0)
         if self.track_accuracy:
-            counted = losses_lib.count_correct(self.model.loss, y, predictions)
-            if counted is not None:
-                self.has_accuracy = True
-                correct = tf.cast(counted, tf.float32)
-        return tf.stack([loss_sum, correct, samples])
+            correct, self.has_accuracy = correct_count(self.model, y, predictions)
+        return tf.stack([loss_sum(total_loss(self.model, y, predictions), samples), correct,
+                         samples])
 
     def _run(self, iterator):
         def body(done, sums):
@@ -59,11 +51,6 @@ class EvalStep:
         _, sums = tf.while_loop(lambda done, _: tf.logical_not(done), body,
                                 (tf.constant(False), tf.zeros([3])))
         return sums
-
-
-def current_strategy(strategy=None):
-    """The strategy to use: the one given, else the one in scope (default: one device)."""
-    return strategy if strategy is not None else tf.distribute.get_strategy()
 
 
 def eval_step_for(model, track_accuracy, strategy):
@@ -106,7 +93,7 @@ def evaluate(model, data, track_accuracy=False, batch_size=256):
     """
     check_bool("track_accuracy", track_accuracy)
     check_int("batch_size", batch_size, maximum=INT64_MAX)
-    strategy = current_strategy()
+    strategy = tf.distribute.get_strategy()  # the one in scope, else one device
     dataset = data_lib.batched(data, batch_size)
     # Shapes and labels are checked on the host first: no TensorFlow error from the graph.
     labels = None if isinstance(data, tf.data.Dataset) else data[1]

@@ -76,6 +76,29 @@ def batch_size_of(y):
     return tf.cast(tf.shape(first)[0], tf.float32)
 
 
+def total_loss(model, y, predictions):
+    """The batch's mean loss in float32, plus the Keras model's own losses (regularizers)."""
+    keras_model = model.keras_model
+    loss = tf.cast(model.loss(y, predictions), tf.float32)
+    if keras_model.losses:
+        loss += tf.add_n([tf.cast(l, tf.float32) for l in keras_model.losses])
+    return loss
+
+
+def loss_sum(mean_loss, samples):
+    """mean × samples; an empty replica shard (uneven last batch) has a NaN mean and
+    weighs nothing."""
+    return tf.where(samples > 0, mean_loss * samples, 0.0)
+
+
+def correct_count(model, y, predictions):
+    """(correct predictions as float32, whether the loss defines an accuracy at all)."""
+    counted = losses_lib.count_correct(model.loss, y, predictions)
+    if counted is None:
+        return tf.constant(0.0), False
+    return tf.cast(counted, tf.float32), True
+
+
 def sum_over_replicas(strategy, per_replica):
     """SUM all-reduce of a nest of per-replica values, tensor by tensor.
 
@@ -101,22 +124,13 @@ class ForwardBackward:
         self.has_accuracy = False  # set while tracing: False when the loss has no accuracy
         self.fn = tf.function(self._run, jit_compile=True) if config.jit_compile else self._run
 
-    def _loss(self, y, predictions):
-        keras_model = self.model.keras_model
-        loss = tf.cast(self.model.loss(y, predictions), tf.float32)
-        if keras_model.losses:
-            loss += tf.add_n([tf.cast(l, tf.float32) for l in keras_model.losses])
-        return loss
-
     def _run(self, x, y):
         keras_model = self.model.keras_model
         variables = keras_model.trainable_variables
         samples = batch_size_of(y)
         with tf.GradientTape() as tape:
             predictions = keras_model(x, training=True)
-            loss = self._loss(y, predictions)
-            # An empty replica shard (uneven last batch) has a NaN mean; it weighs nothing.
-            objective = tf.where(samples > 0, loss * samples, 0.0)
+            objective = loss_sum(total_loss(self.model, y, predictions), samples)
             if self.config.dynamic_loss_scale:
                 objective_for_grads = objective * self.state.loss_scale
             else:
@@ -126,7 +140,7 @@ class ForwardBackward:
         else:
             # Finite differences need a deterministic forward: inference mode.
             mean_grads = numerical.gradients(
-                lambda: self._loss(y, keras_model(x, training=False)), variables,
+                lambda: total_loss(self.model, y, keras_model(x, training=False)), variables,
                 self.config.epsilon, self.config.grad_method)
             grads = [g * samples for g in mean_grads]
         grads = [tf.zeros(v.shape, tf.float32) if g is None else tf.cast(g, tf.float32)
@@ -136,11 +150,8 @@ class ForwardBackward:
     def _correct(self, y, predictions):
         if not self.config.track_accuracy:
             return tf.constant(0.0)
-        counted = losses_lib.count_correct(self.model.loss, y, predictions)
-        if counted is None:
-            return tf.constant(0.0)
-        self.has_accuracy = True
-        return tf.cast(counted, tf.float32)
+        correct, self.has_accuracy = correct_count(self.model, y, predictions)
+        return correct
 
 
 class TrainStep:
@@ -343,11 +354,13 @@ def learning_rate_fn(schedule, unit, warmup):
 
 
 def default_config(model, clip_norm=None, clip_value=None, weight_decay=None,
-                   accumulate=1, track_accuracy=False) -> StepConfig:
+                   accumulate=1, track_accuracy=False, grad_method="autodiff",
+                   epsilon=1e-5) -> StepConfig:
     """A `StepConfig` with a constant rate, for `train_step` and tests."""
     decay = model.weight_decay if weight_decay is None else weight_decay
     pipeline = gradients_lib.GradientPipeline(
         weight_decay=decay, clip_norm=clip_norm, clip_value=clip_value)
     return StepConfig(pipeline=pipeline, learning_rate=learning_rate_fn(None, "epoch", 0),
-                      accumulate=accumulate, track_accuracy=track_accuracy)
+                      accumulate=accumulate, track_accuracy=track_accuracy,
+                      grad_method=grad_method, epsilon=epsilon)
 
