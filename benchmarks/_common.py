@@ -57,6 +57,17 @@ def parser(description):
 
 # -- data and models ---------------------------------------------------------------------
 
+def setup(doc):
+    """The shared start of an MLP benchmark: `(args, repeats, x, y, weights)`.
+
+    Quick runs use 4,096 samples and one repetition; full runs NUM_SAMPLES and five.
+    """
+    args = parser(doc.splitlines()[0]).parse_args()
+    repeats = args.repeats or (1 if args.quick else 5)
+    x, y = synthetic_data(4096 if args.quick else NUM_SAMPLES)
+    return args, repeats, x, y, initial_weights()
+
+
 def synthetic_data(num_samples=NUM_SAMPLES, input_dim=INPUT_DIM, seed=0):
     """Learnable synthetic classification data: labels from a random linear teacher."""
     rng = np.random.default_rng(seed)

@@ -16,12 +16,8 @@ MICRO_BATCH, STEPS, FULL_BATCH = 64, 4, 256
 
 
 def main():
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    num_samples = 4096 if args.quick else common.NUM_SAMPLES
+    args, repeats, x, y, weights = common.setup(__doc__)
     epochs = common.epochs_for(FULL_BATCH, args.quick)
-    repeats = args.repeats or (1 if args.quick else 5)
-    x, y = common.synthetic_data(num_samples)
-    weights = common.initial_weights()
 
     start = time.perf_counter()
     results = common.alternate({
@@ -32,7 +28,7 @@ def main():
     }, repeats)
     rates = {name: common.median(values) for name, values in results.items()}
 
-    report = common.Report(f"Gradient accumulation, MLP 784-256-128-10, {num_samples} samples, "
+    report = common.Report(f"Gradient accumulation, MLP 784-256-128-10, {len(x)} samples, "
                            f"median of {repeats} repetitions")
     fmt = "{:,.0f} samples/s".format
     report.add(f"eb.fit batch {FULL_BATCH}", fmt(rates["full"]))

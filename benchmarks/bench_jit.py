@@ -15,11 +15,7 @@ BATCHES = (32, 1024)
 
 
 def main():
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    num_samples = 4096 if args.quick else common.NUM_SAMPLES
-    repeats = args.repeats or (1 if args.quick else 5)
-    x, y = common.synthetic_data(num_samples)
-    weights = common.initial_weights()
+    args, repeats, x, y, weights = common.setup(__doc__)
 
     def contender(batch, jit):
         epochs = common.epochs_for(batch, args.quick)
@@ -30,7 +26,7 @@ def main():
     results = common.alternate(contenders, repeats)
     rates = {key: common.median(values) for key, values in results.items()}
 
-    report = common.Report(f"XLA on CPU: eb.fit, MLP 784-256-128-10, {num_samples} samples, "
+    report = common.Report(f"XLA on CPU: eb.fit, MLP 784-256-128-10, {len(x)} samples, "
                            f"median of {repeats} repetitions")
     fmt = "{:,.0f} samples/s".format
     for batch in BATCHES:

@@ -63,13 +63,9 @@ def model_matmuls():
 
 
 def main():
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    num_samples = 4096 if args.quick else common.NUM_SAMPLES
+    args, repeats, x, y, weights = common.setup(__doc__)
     epochs = common.epochs_for(BATCH, args.quick)
-    repeats = args.repeats or (1 if args.quick else 5)
     size = 1024 if args.quick else 2048
-    x, y = common.synthetic_data(num_samples)
-    weights = common.initial_weights()
     matmuls, matmul_macs = model_matmuls()
 
     def model_matmul_flops():

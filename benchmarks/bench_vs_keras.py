@@ -60,11 +60,7 @@ def evaluate_contenders(weights, x, y):
 
 
 def main():
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
-    num_samples = 4096 if args.quick else common.NUM_SAMPLES
-    repeats = args.repeats or (1 if args.quick else 5)
-    x, y = common.synthetic_data(num_samples)
-    weights = common.initial_weights()
+    args, repeats, x, y, weights = common.setup(__doc__)
 
     start = time.perf_counter()
     fits = common.alternate(fit_contenders(weights, x, y, args.quick), repeats)
@@ -72,7 +68,7 @@ def main():
     rates = {name: common.median(values) for name, values in {**fits, **evals}.items()}
 
     report = common.Report(
-        f"exburn_tf vs Keras: MLP 784-256-128-10, {num_samples} samples, median of {repeats} "
+        f"exburn_tf vs Keras: MLP 784-256-128-10, {len(x)} samples, median of {repeats} "
         f"repetitions of {common.epochs_for(32, args.quick) - 1} (batch 32) / "
         f"{common.epochs_for(1024, args.quick) - 1} (batch 1024) steady epochs")
     fmt = "{:,.0f} samples/s".format

@@ -34,6 +34,13 @@ def require(module_name, example):
             "pip install 'exburn_tf[examples]'") from error
 
 
+def digits(example):
+    """scikit-learn's bundled digits: x float32 (N, 64) scaled to [0, 1], y int32 (N,)."""
+    datasets = require("sklearn.datasets", example)
+    x, y = datasets.load_digits(return_X_y=True)
+    return (x / 16.0).astype("float32"), y.astype("int32")
+
+
 def positive_int(text):
     """argparse type: an integer >= 1."""
     return _int_at_least(text, 1, "a positive integer")

@@ -22,10 +22,8 @@ PATIENCE = 8
 
 def load_data(seed=0):
     """`(train, validation, test)`, each an (x, y) pair: x float32 (N, 64), y int32 (N,)."""
-    datasets = _common.require("sklearn.datasets", NAME)
+    x, y = _common.digits(NAME)
     selection = _common.require("sklearn.model_selection", NAME)
-    x, y = datasets.load_digits(return_X_y=True)
-    x, y = (x / 16.0).astype("float32"), y.astype("int32")
     x_train, x_test, y_train, y_test = selection.train_test_split(
         x, y, test_size=0.2, random_state=seed, stratify=y)
     x_train, x_val, y_train, y_val = selection.train_test_split(

@@ -28,12 +28,11 @@ NOISE_STDDEV = 0.05
 
 def load_arrays(seed=0):
     """`(train, test)` (x, y) pairs: x float32 (N, 8, 8, 1) in [0, 1], y int32 (N,)."""
-    datasets = _common.require("sklearn.datasets", NAME)
+    x, labels = _common.digits(NAME)
+    images = x.reshape(-1, 8, 8, 1)
     selection = _common.require("sklearn.model_selection", NAME)
-    images, labels = datasets.load_digits(return_X_y=True)
-    images = (images / 16.0).reshape(-1, 8, 8, 1).astype("float32")
     x_train, x_test, y_train, y_test = selection.train_test_split(
-        images, labels.astype("int32"), test_size=0.2, random_state=seed, stratify=labels)
+        images, labels, test_size=0.2, random_state=seed, stratify=labels)
     return (x_train, y_train), (x_test, y_test)
 
 
