@@ -49,7 +49,7 @@ def at_least(minimum, kind=int):
 
 def add_run_parser(commands):
     """The `run` sub-command: N local workers of a MultiWorkerMirroredStrategy job."""
-    run = commands.add_parser(
+    parser = commands.add_parser(
         "run", help="run N local workers of a multi-worker job, restarting them on failure",
         description="Start N local workers of a MultiWorkerMirroredStrategy job, each with "
                     "its TF_CONFIG on free 127.0.0.1 ports, stream their output prefixed with "
@@ -60,16 +60,16 @@ def add_run_parser(commands):
                "(0 on the first start). Exit status: 0 when every worker exits 0; the failing "
                "worker's status (128 + N for signal N) once the restarts are used up; 143 / "
                "130 on SIGTERM / SIGINT to the launcher; 127 when COMMAND cannot be started.")
-    run.set_defaults(command_parser=run)
-    run.add_argument("--workers", type=at_least(1), required=True, metavar="N",
-                     help="number of worker processes")
-    run.add_argument("--max-restarts", type=at_least(0), default=3, metavar="R",
-                     help="group restarts allowed after a worker fails (default: 3)")
-    run.add_argument("--grace-seconds", type=at_least(0, float), default=30.0, metavar="S",
-                     help="seconds between SIGTERM and SIGKILL when stopping workers "
-                          "(default: 30)")
-    run.add_argument("worker_command", nargs="*", metavar="-- COMMAND",
-                     help="the worker command and its arguments, after '--'")
+    parser.set_defaults(command_parser=parser)
+    parser.add_argument("--workers", type=at_least(1), required=True, metavar="N",
+                        help="number of worker processes")
+    parser.add_argument("--max-restarts", type=at_least(0), default=3, metavar="R",
+                        help="group restarts allowed after a worker fails (default: 3)")
+    parser.add_argument("--grace-seconds", type=at_least(0, float), default=30.0, metavar="S",
+                        help="seconds between SIGTERM and SIGKILL when stopping workers "
+                             "(default: 30)")
+    parser.add_argument("worker_command", nargs="*", metavar="-- COMMAND",
+                        help="the worker command and its arguments, after '--'")
 
 
 def build_parser():

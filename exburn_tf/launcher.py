@@ -84,7 +84,11 @@ def describe_exit(returncode):
     """'status 3' or 'signal SIGKILL (status 137)', for messages."""
     if returncode >= 0:
         return f"status {returncode}"
-    return f"signal {signal.Signals(-returncode).name} (status {exit_status(returncode)})"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:  # a real-time signal has a number but no name
+        name = str(-returncode)
+    return f"signal {name} (status {exit_status(returncode)})"
 
 
 class Output:
@@ -236,6 +240,7 @@ class Launcher:
         Raises:
             OSError: when the command cannot be started (not found, not executable).
         """
+        self.received_signal = None
         handled = (signal.SIGTERM, signal.SIGINT)
         previous = {signum: signal.signal(signum, self._on_signal) for signum in handled}
         try:
@@ -267,7 +272,8 @@ class Launcher:
                 return 0
             if restart == self.max_restarts:
                 status = exit_status(failure[1])
-                output.message(f"giving up after {restart} restart(s); exiting with status {status}")
+                output.message(f"giving up after {restart} restart(s); "
+                               f"exiting with status {status}")
                 return status
             restart += 1
             output.message(f"restarting all {self.workers} workers "
