@@ -159,32 +159,34 @@ def test_a_signal_death_without_restarts_left_exits_128_plus_the_signal(tmp_path
     assert status == 128 + signal.SIGKILL
 
 
-def _sigterm_this_process_when_started(tmp_path, workers):
-    """Sends SIGTERM to this process (the launcher) once every worker has started."""
+def _signal_this_process_when_started(tmp_path, workers, signum=signal.SIGTERM):
+    """Sends `signum` to this process (the launcher) once every worker has started."""
     def send():
         deadline = time.monotonic() + 10
         while len(list(tmp_path.glob("start-*"))) < workers and time.monotonic() < deadline:
             time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
     return thread
 
 
-def test_sigterm_to_the_launcher_stops_the_workers_without_restart(tmp_path):
-    before = signal.getsignal(signal.SIGTERM)
-    sender = _sigterm_this_process_when_started(tmp_path, workers=2)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_launcher_stops_the_workers_without_restart(tmp_path, signum):
+    before = signal.getsignal(signum)
+    sender = _signal_this_process_when_started(tmp_path, workers=2, signum=signum)
     status, _, stderr = _launch(tmp_path, workers=2, plan={"0": "hang", "1": "hang"})
     sender.join()
-    assert status == 143
+    assert status == 128 + signum  # 143 for SIGTERM, 130 for SIGINT
+    # The workers got SIGTERM in both cases, and were not started again.
     assert _terminated(tmp_path) == {(0, 0), (1, 0)}
     assert sorted(_starts(tmp_path)) == [(0, 0), (1, 0)]
-    assert "received SIGTERM; stopped the workers, not restarting" in stderr
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert f"received {signum.name}; stopped the workers, not restarting" in stderr
+    assert signal.getsignal(signum) is before
 
 
 def test_a_worker_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path):
-    sender = _sigterm_this_process_when_started(tmp_path, workers=2)
+    sender = _signal_this_process_when_started(tmp_path, workers=2)
     started = time.monotonic()
     status, _, stderr = _launch(tmp_path, workers=2, plan={"0": "ignore-term", "1": "hang"},
                                 grace_seconds=0.5)
