@@ -2,10 +2,12 @@
 
     exburn-tf examples                          list the bundled examples
     exburn-tf train EXAMPLE [--epochs N] ...    run one end to end
+    exburn-tf run --workers N -- COMMAND...     N local workers of a multi-worker job
     exburn-tf --version
 
 Bad arguments exit with status 2 and a message saying what was wrong; a failure while an
-example runs exits with status 1.
+example runs exits with status 1. `run` exits with the job's status (see exburn_tf.launcher),
+or 127 when COMMAND cannot be started.
 """
 
 import argparse
@@ -14,6 +16,7 @@ import sys
 
 import exburn_tf
 from exburn_tf import examples
+from exburn_tf import launcher
 from exburn_tf.examples import _common
 
 PROG = "exburn-tf"
@@ -27,6 +30,46 @@ def example_name(text):
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise argparse.ArgumentTypeError(
         f"unknown example {text!r}{hint}; valid examples: {', '.join(examples.NAMES)}")
+
+
+def at_least(minimum, kind=int):
+    """argparse type: a number of `kind` that is at least `minimum`."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value >= minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be {'an integer' if kind is int else 'a number'} >= {minimum}; "
+                f"received {text!r}")
+        return value
+    return parse
+
+
+def add_run_parser(commands):
+    """The `run` sub-command: N local workers of a MultiWorkerMirroredStrategy job."""
+    parser = commands.add_parser(
+        "run", help="run N local workers of a multi-worker job, restarting them on failure",
+        description="Start N local workers of a MultiWorkerMirroredStrategy job, each with "
+                    "its TF_CONFIG on free 127.0.0.1 ports, stream their output prefixed with "
+                    "[worker i], and restart the whole group when a worker exits non-zero "
+                    "(the workers resume with fit(checkpoint_dir=..., resume=True)).",
+        epilog=f"Example: {PROG} run --workers 2 -- python train.py. Each worker also gets "
+               f"{launcher.ENV_WORKER}, {launcher.ENV_NUM_WORKERS} and {launcher.ENV_RESTART} "
+               "(0 on the first start). Exit status: 0 when every worker exits 0; the failing "
+               "worker's status (128 + N for signal N) once the restarts are used up; 143 / "
+               "130 on SIGTERM / SIGINT to the launcher; 127 when COMMAND cannot be started.")
+    parser.set_defaults(command_parser=parser)
+    parser.add_argument("--workers", type=at_least(1), required=True, metavar="N",
+                        help="number of worker processes")
+    parser.add_argument("--max-restarts", type=at_least(0), default=3, metavar="R",
+                        help="group restarts allowed after a worker fails (default: 3)")
+    parser.add_argument("--grace-seconds", type=at_least(0, float), default=30.0, metavar="S",
+                        help="seconds between SIGTERM and SIGKILL when stopping workers "
+                             "(default: 30)")
+    parser.add_argument("worker_command", nargs="*", metavar="-- COMMAND",
+                        help="the worker command and its arguments, after '--'")
 
 
 def build_parser():
@@ -54,6 +97,7 @@ def build_parser():
     _common.add_run_arguments(
         train, shown_default="runs/mnist1d for mnist1d_cnn; none for the others, which "
                              "write only what is asked")
+    add_run_parser(commands)
     return parser
 
 
@@ -84,6 +128,21 @@ def train(args):
     return 0
 
 
+def run(args):
+    """Runs the `run` sub-command's job; returns its exit status."""
+    if not args.worker_command:
+        args.command_parser.error("missing COMMAND: give the worker command after '--', "
+                                  f"e.g. {PROG} run --workers 2 -- python train.py")
+    job = launcher.Launcher(args.worker_command, args.workers, args.max_restarts,
+                            args.grace_seconds)
+    try:
+        return job.run()
+    except OSError as error:
+        print(f"{PROG} run: error: cannot start {args.worker_command[0]!r}: {error}",
+              file=sys.stderr)
+        return 127
+
+
 def main(argv=None):
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
@@ -91,6 +150,8 @@ def main(argv=None):
     if args.command == "examples":
         list_examples()
         return 0
+    if args.command == "run":
+        return run(args)
     try:
         return train(args)
     except KeyboardInterrupt:
