@@ -9,12 +9,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from exburn_tf import cache as cache_lib
 from exburn_tf import data as data_lib
 from exburn_tf import step as step_lib
 from exburn_tf.options import GRAD_METHODS
 from exburn_tf.validation import check_choice, check_number
-
-_CACHE = "_custom_loop_cache"
 
 # Timed repetitions of each phase in `profile_step` (medians are reported).
 PROFILE_REPEATS = 5
@@ -55,10 +54,10 @@ def _config(model, clip_norm, clip_value, weight_decay, grad_method, epsilon):
 
 
 def _cached(model, kind, key, build):
-    cache = model.__dict__.setdefault(_CACHE, {})
-    if (kind, key) not in cache:
-        cache[(kind, key)] = build()
-    return cache[(kind, key)]
+    """A compiled helper of `model` for `key`, never one traced for other variables, loss,
+    optimizer or precision (see `exburn_tf.cache`)."""
+    identity, keepalive = cache_lib.model_identity(model)
+    return cache_lib.model_cache(model, kind).get((key, identity), keepalive, build)
 
 
 def train_step(model, batch, clip_norm=None, clip_value=None, weight_decay=None,
@@ -75,7 +74,10 @@ def train_step(model, batch, clip_norm=None, clip_value=None, weight_decay=None,
     trainer = _cached(model, "train_step", key, lambda: _SingleBatchStep(
         model, _config(model, *key)))
     x, y = _batch(model, batch, trainer.checked)
-    loss, _, _ = trainer(x, y)
+    loss, _, _, lr, lr_ok = trainer(x, y)
+    if not lr_ok:
+        raise ValueError(f"learning rate: the step would apply the rate {float(lr)!r}; every "
+                         "rate must be finite and >= 0. The step was not applied")
     return float(loss), model
 
 
@@ -91,9 +93,10 @@ class _SingleBatchStep(step_lib.TrainStep):
         return self._single(x, y).numpy()
 
     def _one_batch(self, x, y):
-        grads, loss_sum, _, samples = self._replicated(x, y)
-        grad_norm, skipped, _ = self._apply(grads, loss_sum, samples)
-        return tf.stack([loss_sum / samples, grad_norm, skipped])
+        grads, loss_sum, counts, samples = self._replicated(x, y)
+        grad_norm, skipped, lr, lr_ok = self._apply(grads, loss_sum, samples,
+                                                    labels_ok=tf.equal(counts[1], 0.0))
+        return tf.stack([loss_sum / samples, grad_norm, skipped, lr, tf.cast(lr_ok, tf.float32)])
 
 
 def compute_gradients(model, batch, grad_method="autodiff", epsilon=1e-5):
@@ -174,8 +177,8 @@ class _Phases(step_lib.TrainStep):
         self._forward = tf.function(
             lambda x, y: step_lib.total_loss(model, y, keras_model(x, training=True)))
         self._forward_backward_fn = tf.function(self._replicated)
-        self._update = tf.function(
-            lambda grads, loss_sum, samples: tf.stack(self._apply(grads, loss_sum, samples)))
+        self._update = tf.function(lambda grads, loss_sum, samples: tf.stack(
+            [tf.cast(t, tf.float32) for t in self._apply(grads, loss_sum, samples)]))
 
     def run(self, x, y):
         start = time.perf_counter()

@@ -16,11 +16,19 @@ import tensorflow as tf
 from exburn_tf.validation import INT64_MAX
 
 
+def is_array_list(value):
+    """A list of arrays (`[xa, xb]`, Keras' usual form for several inputs or outputs), as
+    opposed to a nested list of numbers, which is one array."""
+    return isinstance(value, list) and bool(value) and all(
+        hasattr(part, "shape") and hasattr(part, "dtype") for part in value)
+
+
 def _parts(value, label):
-    """`[(label, value)]` for one array, one entry per array for a dict or tuple of arrays."""
+    """`[(label, value)]` for one array, one entry per array for a dict, tuple or list of
+    arrays."""
     if isinstance(value, dict):
         return [(f"{label}[{key!r}]", part) for key, part in value.items()]
-    if isinstance(value, tuple):
+    if isinstance(value, tuple) or is_array_list(value):
         return [(f"{label}[{index}]", part) for index, part in enumerate(value)]
     return [(label, value)]
 
@@ -95,11 +103,14 @@ def validate_arrays(x, y, name="data"):
 
 
 def _rebuild(value, parts):
-    """Put converted arrays back into the structure of `value` (dict, tuple or one array)."""
+    """Put converted arrays back into the structure of `value` (dict, tuple or one array).
+
+    A list of arrays becomes a tuple: tf.data reads a list as one tensor to stack.
+    """
     arrays = [array for _, array in parts]
     if isinstance(value, dict):
         return dict(zip(value.keys(), arrays))
-    if isinstance(value, tuple):
+    if isinstance(value, tuple) or is_array_list(value):
         return tuple(arrays)
     return arrays[0]
 
@@ -250,6 +261,11 @@ class TrainData:
             self.num_samples = None
             if cardinality == 0:
                 raise ValueError("data is empty: the tf.data.Dataset has no batches")
+            if cardinality == tf.data.INFINITE_CARDINALITY:
+                raise ValueError(
+                    "data: the tf.data.Dataset is infinite (e.g. .repeat() without a count), "
+                    "so an epoch would never end; give it a length with .take(n) or "
+                    ".repeat(count)")
         else:
             self.arrays = validate_arrays(*unpack(data, "data"))
             self.num_samples = num_samples(self.arrays[0])
@@ -320,9 +336,11 @@ class TrainData:
     def first_batch(self):
         """A small (x, y) batch for checks before training."""
         if self.arrays is None:
-            return next(iter(self.source.take(1)))
-        x, y = self.arrays
-        return tf.nest.map_structure(lambda a: a[:2], x), y[:2]
+            first = next(iter(self.source.take(1)), None)
+            if first is None:  # a dataset of unknown length (e.g. filtered) can be empty
+                raise ValueError("data is empty: the tf.data.Dataset yielded no batches")
+            return first
+        return tf.nest.map_structure(lambda a: a[:2], self.arrays)
 
     def check_against(self, model):
         """Raises ValueError if the model rejects the inputs, the labels or the loss.
@@ -344,9 +362,13 @@ def checked_forward(model, x, name):
     try:
         return model.keras_model(x, training=False)
     except Exception as error:  # Keras raises many types for bad input shapes
-        shapes = tf.nest.map_structure(lambda t: tuple(np.shape(t)), x)
-        raise ValueError(f"{name}: the model rejects inputs of shape {shapes}: "
+        raise ValueError(f"{name}: the model rejects inputs of shape {_shapes(x)}: "
                          f"{_first_line(error)}") from None
+
+
+def _shapes(value):
+    """The shape of an array, or the same structure of shapes for a dict / tuple / list."""
+    return tf.nest.map_structure(lambda t: tuple(np.shape(t)), value)
 
 
 def checked_loss(model, y, predictions, name):
@@ -354,8 +376,8 @@ def checked_loss(model, y, predictions, name):
     try:
         loss = model.loss(y, predictions)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
-        raise ValueError(f"{name}: the loss rejects targets of shape {tuple(np.shape(y))} "
-                         f"for predictions of shape {tuple(predictions.shape)}: "
+        raise ValueError(f"{name}: the loss rejects targets of shape {_shapes(y)} "
+                         f"for predictions of shape {_shapes(predictions)}: "
                          f"{_first_line(error)}") from None
     if np.ndim(loss) != 0:
         raise ValueError(f"{name}: the loss must return a scalar, got shape {np.shape(loss)}")
@@ -367,7 +389,7 @@ def check_labels(model, y, predictions, name):
     Multi-output models (nested targets or predictions) are left to the loss.
     """
     from exburn_tf import losses as losses_lib
-    if isinstance(y, (dict, tuple)) or tf.nest.is_nested(predictions):
+    if tf.nest.is_nested(y) or tf.nest.is_nested(predictions):
         return
     try:
         losses_lib.validate_labels(model.loss, np.asarray(y), tuple(predictions.shape))

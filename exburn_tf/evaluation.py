@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from exburn_tf import cache as cache_lib
 from exburn_tf import data as data_lib
 from exburn_tf.step import (batch_size_of, correct_count, loss_sum, sum_over_replicas,
                             total_loss)
@@ -55,13 +56,13 @@ class EvalStep:
 
 def eval_step_for(model, track_accuracy, strategy):
     """A cached `EvalStep`, so repeated evaluation (every epoch) never retraces."""
-    cache = model.__dict__.setdefault("_eval_steps", {})
-    # The compute dtype is part of the key: a step traced under a mixed policy during
-    # fit must not serve a later float32 evaluate.
-    key = (bool(track_accuracy), id(strategy), model.keras_model.compute_dtype)
-    if key not in cache:
-        cache[key] = EvalStep(model, track_accuracy, strategy)
-    return cache[key]
+    # The layers' policies and the loss are in the identity: a step traced under a mixed
+    # policy during fit must not serve a later float32 evaluate, nor one traced with an
+    # earlier `model.loss`.
+    identity, keepalive = cache_lib.model_identity(model)
+    return cache_lib.model_cache(model, "eval_steps").get(
+        (bool(track_accuracy), id(strategy), identity), (*keepalive, strategy),
+        lambda: EvalStep(model, track_accuracy, strategy))
 
 
 def evaluate_dataset(model, dataset, track_accuracy, strategy):
@@ -108,10 +109,12 @@ def predict(model, x, batch_size=256):
     if isinstance(x, tf.data.Dataset):
         dataset = x
     else:
+        if data_lib.is_array_list(x):
+            x = tuple(x)  # several inputs; tf.data would stack a list into one tensor
         dataset = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
-    cache = model.__dict__
-    if "_predict_function" not in cache:
-        keras_model = model.keras_model
-        cache["_predict_function"] = tf.function(lambda batch: keras_model(batch, training=False))
-    outputs = [np.asarray(cache["_predict_function"](batch)) for batch in dataset]
-    return np.concatenate(outputs, axis=0)
+    keras_model = model.keras_model
+    identity, keepalive = cache_lib.model_identity(model)
+    forward = cache_lib.model_cache(model, "predict").get(
+        identity, keepalive, lambda: tf.function(lambda batch: keras_model(batch, training=False)))
+    outputs = [tf.nest.map_structure(np.asarray, forward(batch)) for batch in dataset]
+    return tf.nest.map_structure(lambda *parts: np.concatenate(parts, axis=0), *outputs)

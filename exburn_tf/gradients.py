@@ -288,13 +288,38 @@ class GradientPipeline:
         )
         self.clip_norm = _check_number("clip_norm", clip_norm, positive=True, optional=True)
         self.clip_value = _check_number("clip_value", clip_value, positive=True, optional=True)
+        self._build_stages()
+
+    def _build_stages(self):
         chain = (
-            ("weight_decay", self.weight_decay > 0, self._decay),
+            ("weight_decay", self.has_weight_decay, self._decay),
             ("global_norm", True, self._measure_norm),
             ("clip_by_global_norm", self.clip_norm is not None, self._clip_norm),
             ("clip_by_value", self.clip_value is not None, self._clip_value),
         )
         self.stages = tuple((name, stage) for name, active, stage in chain if active)
+
+    @property
+    def has_weight_decay(self):
+        return isinstance(self.weight_decay, tf.Variable) or self.weight_decay > 0
+
+    def structure(self):
+        """Which stages run: what a traced pipeline depends on besides its numbers."""
+        return tuple(name for name, _ in self.stages)
+
+    def with_variables(self, weight_decay, clip_norm, clip_value):
+        """The same chain reading its numbers from the given variables.
+
+        A compiled step built on it takes new values by assignment, without a retrace.
+        Stages inactive here stay inactive; the variables of active ones are assigned
+        this pipeline's numbers.
+        """
+        twin = object.__new__(GradientPipeline)
+        twin.weight_decay = weight_decay if self.has_weight_decay else 0.0
+        twin.clip_norm = clip_norm if self.clip_norm is not None else None
+        twin.clip_value = clip_value if self.clip_value is not None else None
+        twin._build_stages()
+        return twin
 
     def __call__(self, grads, params):
         """Run the chain on averaged gradients.

@@ -177,6 +177,33 @@ def count_correct(loss, y_true, y_pred):
     return _count_per_sample(tf.equal(y_pred > rule, targets > 0.5))
 
 
+def count_bad_labels(loss, y_true, y_pred):
+    """How many class-id targets of a batch are not integers in [0, C), or None where the
+    loss takes no class ids.
+
+    The compiled step counts these on every batch (a `tf.data` batch after the first is
+    never checked on the host): a fractional id would otherwise train silently as its
+    integer part. Applies to `cross_entropy` and Keras' `SparseCategoricalCrossentropy`.
+
+    Returns:
+      A float32 scalar tensor, or None.
+    """
+    if not (loss is cross_entropy or isinstance(loss, keras.losses.SparseCategoricalCrossentropy)):
+        return None
+    if tf.nest.is_nested(y_true) or tf.nest.is_nested(y_pred):
+        return None
+    logits = tf.convert_to_tensor(y_pred)
+    y_true = tf.convert_to_tensor(y_true)
+    if not _targets_are_ids(y_true, logits) and not isinstance(
+            loss, keras.losses.SparseCategoricalCrossentropy):
+        return None
+    ids = tf.cast(y_true, tf.float64)
+    num_classes = tf.cast(tf.shape(logits)[-1], tf.float64)
+    bad = tf.logical_or(tf.not_equal(ids, tf.round(ids)),
+                        tf.logical_or(ids < 0.0, ids >= num_classes))
+    return tf.reduce_sum(tf.cast(bad, tf.float32))
+
+
 def validate_labels(loss, y, prediction_shape):
     """Checks all targets on the host before training, so bad labels fail before any update.
 

@@ -96,6 +96,11 @@ class Model:
             out[unique] = variable
         return out
 
+    @property
+    def step(self):
+        """Optimizer steps over the model's whole life (an int; SPEC §7's `step`)."""
+        return int(self.state.global_step.numpy())
+
     def predict(self, x, batch_size=256):
         """Forward pass in inference mode over `x` in batches; returns a NumPy array."""
         from exburn_tf.evaluation import predict

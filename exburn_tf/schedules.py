@@ -47,8 +47,8 @@ class StepDecay(LearningRateSchedule):
         self.gamma = _checked_gamma(gamma)
 
     def __call__(self, step):
-        level = tf.floor(tf.cast(step, tf.float32) / self.step_size)
-        return self.initial_learning_rate * tf.pow(tf.constant(self.gamma, tf.float32), level)
+        level = tf.floor(tf.cast(step, tf.float32) / tf.cast(self.step_size, tf.float32))
+        return self.initial_learning_rate * tf.pow(tf.cast(self.gamma, tf.float32), level)
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,
@@ -70,7 +70,7 @@ class ExponentialDecay(LearningRateSchedule):
 
     def __call__(self, step):
         exponent = tf.cast(step, tf.float32)
-        return self.initial_learning_rate * tf.pow(tf.constant(self.gamma, tf.float32), exponent)
+        return self.initial_learning_rate * tf.pow(tf.cast(self.gamma, tf.float32), exponent)
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate, "gamma": self.gamma}
@@ -96,7 +96,8 @@ class CosineDecay(LearningRateSchedule):
         self.decay_steps = _checked_count("decay_steps", decay_steps, minimum=0)
 
     def __call__(self, step):
-        progress = tf.minimum(tf.cast(step, tf.float32) / max(self.decay_steps, 1), 1.0)
+        horizon = tf.maximum(tf.cast(self.decay_steps, tf.float32), 1.0)
+        progress = tf.minimum(tf.cast(step, tf.float32) / horizon, 1.0)
         cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
         span = self.initial_learning_rate - self.min_learning_rate
         return self.min_learning_rate + span * cosine
@@ -141,9 +142,10 @@ class Warmup(LearningRateSchedule):
 
         The trainer multiplies a per-epoch schedule by this factor of the optimizer step.
         """
-        if warmup_steps == 0:
+        if isinstance(warmup_steps, numbers.Real) and warmup_steps == 0:
             return tf.constant(1.0, tf.float32)
-        return tf.minimum(1.0, (tf.cast(step, tf.float32) + 1.0) / warmup_steps)
+        steps = tf.cast(warmup_steps, tf.float32)
+        return tf.minimum(1.0, (tf.cast(step, tf.float32) + 1.0) / steps)
 
     def get_config(self):
         schedule = self.schedule
@@ -181,6 +183,42 @@ def get(identifier, horizon=None):
     if not isinstance(identifier, (str, tuple, list)):
         raise TypeError(f"lr_schedule must be a tuple, got {identifier!r}. {_EXPECTED}")
     return _from_tuple(identifier, horizon)
+
+
+_OWN = (StepDecay, ExponentialDecay, CosineDecay)
+
+
+def structure(schedule):
+    """(hashable key, objects it names by id) of what a step tracing `schedule` depends on.
+
+    ExBurn's own schedules are formulas of their config: one traced step serves every
+    instance of a class, reading the numbers from variables (`with_variables`). Any other
+    schedule is Python code that tracing bakes in: it is keyed by identity, and kept
+    alive by the caller's cache so that its id cannot be reused.
+    """
+    if schedule is None:
+        return None, ()
+    if type(schedule) in _OWN:
+        return ("exburn", type(schedule).__name__), ()
+    return ("object", id(schedule)), (schedule,)
+
+
+def with_variables(schedule):
+    """A twin of an ExBurn schedule whose numbers are variables; others are returned as is."""
+    if type(schedule) not in _OWN:
+        return schedule
+    twin = object.__new__(type(schedule))
+    for name in schedule.get_config():
+        setattr(twin, name, tf.Variable(0.0, dtype=tf.float32, trainable=False, name=name))
+    return twin
+
+
+def assign_variables(twin, schedule):
+    """Gives `twin` (from `with_variables`) the numbers of `schedule`, same class."""
+    if type(schedule) not in _OWN:
+        return
+    for name, value in schedule.get_config().items():
+        getattr(twin, name).assign(float(value))
 
 
 def check_rates(schedule, horizon, max_points=1000):

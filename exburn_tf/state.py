@@ -16,6 +16,10 @@ class TrainingState(tf.Module):
         run_epoch: epochs completed in the current run (0-based index of the running one).
         lr_scale: factor on top of schedule x warmup (reduce-LR-on-plateau sets it).
         base_lr: the constant rate used when there is no schedule.
+        lr_factor: factor on top of a schedule from rates written to
+            `optimizer.learning_rate` (Keras' ReduceLROnPlateau, the user; SPEC §7).
+        shown_lr: the rate the optimizer showed after the last step; a different value
+            in `optimizer.learning_rate` was written by someone else since.
         loss_scale: dynamic loss scale for mixed_float16 (1.0 otherwise).
         good_steps: finite steps since the loss scale last changed.
         skipped_in_row: consecutive non-finite (skipped) steps up to now.
@@ -31,6 +35,9 @@ class TrainingState(tf.Module):
             self.run_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="run_epoch")
             self.lr_scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_scale")
             self.base_lr = tf.Variable(base_lr, dtype=tf.float32, trainable=False, name="base_lr")
+            self.lr_factor = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_factor")
+            self.shown_lr = tf.Variable(base_lr, dtype=tf.float32, trainable=False,
+                                        name="shown_lr")
             self.loss_scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="loss_scale")
             self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
             self.skipped_in_row = tf.Variable(

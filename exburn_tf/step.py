@@ -19,18 +19,22 @@ gradient and the finite check / update can sit inside a `tf.cond` (a cond around
 """
 
 import dataclasses
-from typing import Callable
+from typing import Any
 
 import tensorflow as tf
 
 from exburn_tf import gradients as gradients_lib
 from exburn_tf import losses as losses_lib
 from exburn_tf import numerical
+from exburn_tf import schedules as schedules_lib
 
 # Positions in the metric vector a call returns.
 (LOSS_SUM, CORRECT, SAMPLES, GRAD_NORM_SUM, STEPS, SKIPPED, MICRO_BATCHES,
- LAST_LR, DONE, MAX_SKIPPED_IN_ROW) = range(10)
+ LAST_LR, DONE, MAX_SKIPPED_IN_ROW, REFUSED_LR, REFUSED_STEP, REFUSED_LABELS) = range(13)
 NUM_SUMS = 7  # the first seven entries add up over steps
+# REFUSED_STEP is 0 unless the call stopped at a step it refused to apply; then it is that
+# step's 1-based (global) number, REFUSED_LR its rate and REFUSED_LABELS the count of bad
+# class-id labels in its batches (a refused step has a bad rate or bad labels).
 
 # "No micro-batch budget": more than any epoch has.
 _NO_BUDGET = 2**31 - 1
@@ -43,9 +47,15 @@ LOSS_SCALE_GROWTH_INTERVAL = 2000
 class StepConfig:
     """What the compiled step does; built and validated by `fit` / `train_step`.
 
+    Only `structure()` decides the traced graph; the numbers (decay, clip bounds, warmup,
+    ExBurn schedules' parameters) live in the step's `StepHyperparameters` variables, so
+    a new value is an assignment, never a new trace.
+
     Attributes:
         pipeline: the gradient pipeline (decay -> norm clip -> value clip).
-        learning_rate: a function of the `TrainingState` returning this step's rate.
+        schedule: a `LearningRateSchedule`, or None for the constant `state.base_lr`.
+        schedule_unit: "epoch" (position = epoch index of the run) or "step".
+        warmup: warmup length in optimizer steps (0: none).
         accumulate: micro-batches per optimizer step (>= 1).
         track_accuracy: also count correct predictions.
         decoupled_decay: AdamW-style decay coefficient applied with the update (0: off).
@@ -59,7 +69,9 @@ class StepConfig:
     """
 
     pipeline: gradients_lib.GradientPipeline
-    learning_rate: Callable
+    schedule: Any = None
+    schedule_unit: str = "epoch"
+    warmup: int = 0
     accumulate: int = 1
     track_accuracy: bool = False
     decoupled_decay: float = 0.0
@@ -68,6 +80,47 @@ class StepConfig:
     grad_method: str = "autodiff"
     epsilon: float = 1e-5
     max_skipped_in_row: int = 0
+
+    def structure(self):
+        """(hashable key, objects it refers to by id) of what the traced graph depends on."""
+        schedule_key, keepalive = schedules_lib.structure(self.schedule)
+        key = (self.pipeline.structure(), schedule_key, self.schedule_unit, self.warmup > 0,
+               self.accumulate, self.track_accuracy, self.decoupled_decay > 0,
+               self.dynamic_loss_scale, self.jit_compile, self.grad_method,
+               None if self.grad_method == "autodiff" else self.epsilon,
+               self.max_skipped_in_row > 0)
+        return key, keepalive
+
+
+class StepHyperparameters(tf.Module):
+    """The numbers of a `StepConfig`, as variables read by the compiled step."""
+
+    def __init__(self, config):
+        super().__init__(name="step_hyperparameters")
+        with tf.init_scope():
+            def scalar(name):
+                return tf.Variable(0.0, dtype=tf.float32, trainable=False, name=name)
+
+            self.weight_decay = scalar("weight_decay")
+            self.clip_norm = scalar("clip_norm")
+            self.clip_value = scalar("clip_value")
+            self.decoupled_decay = scalar("decoupled_decay")
+            self.warmup = scalar("warmup")
+            self.max_skipped_in_row = scalar("max_skipped_in_row")
+            self.schedule = schedules_lib.with_variables(config.schedule)
+        self.pipeline = config.pipeline.with_variables(
+            self.weight_decay, self.clip_norm, self.clip_value)
+
+    def assign(self, config):
+        """Takes the numbers of `config` (whose structure must be this step's)."""
+        pipeline = config.pipeline
+        self.weight_decay.assign(pipeline.weight_decay)
+        self.clip_norm.assign(pipeline.clip_norm or 0.0)
+        self.clip_value.assign(pipeline.clip_value or 0.0)
+        self.decoupled_decay.assign(config.decoupled_decay)
+        self.warmup.assign(float(config.warmup))
+        self.max_skipped_in_row.assign(float(config.max_skipped_in_row or 0))
+        schedules_lib.assign_variables(self.schedule, config.schedule)
 
 
 def batch_size_of(y):
@@ -113,8 +166,9 @@ def sum_over_replicas(strategy, per_replica):
 class ForwardBackward:
     """The per-replica part: forward, loss, gradients, correct count.
 
-    Returns the gradient of (mean loss × batch size), so that summing over micro-batches
-    and replicas and dividing by the total sample count gives the sample-weighted mean.
+    Returns (gradients of mean loss × batch size, that objective, counts, batch size):
+    summing over micro-batches and replicas and dividing by the total sample count gives
+    the sample-weighted mean. `counts` is [correct predictions, bad class-id labels].
     """
 
     def __init__(self, model, config, state=None):
@@ -145,13 +199,15 @@ class ForwardBackward:
             grads = [g * samples for g in mean_grads]
         grads = [tf.zeros(v.shape, tf.float32) if g is None else tf.cast(g, tf.float32)
                  for g, v in zip(grads, variables)]
-        return grads, objective, self._correct(y, predictions), samples
+        return grads, objective, self._counts(y, predictions), samples
 
-    def _correct(self, y, predictions):
-        if not self.config.track_accuracy:
-            return tf.constant(0.0)
-        correct, self.has_accuracy = correct_count(self.model, y, predictions)
-        return correct
+    def _counts(self, y, predictions):
+        """[correct predictions, bad class-id labels] of the batch (see `COUNTS`)."""
+        correct = tf.constant(0.0)
+        if self.config.track_accuracy:
+            correct, self.has_accuracy = correct_count(self.model, y, predictions)
+        bad = losses_lib.count_bad_labels(self.model.loss, y, predictions)
+        return tf.stack([correct, tf.constant(0.0) if bad is None else bad])
 
 
 class TrainStep:
@@ -167,8 +223,15 @@ class TrainStep:
         self.config = config
         self.strategy = strategy
         self.trace_count = 0
+        self.hyper = StepHyperparameters(config)
+        self.configure(config)
         self._forward_backward = ForwardBackward(model, config, state=model.state)
         self._function = tf.function(self._run_steps)
+
+    def configure(self, config):
+        """Takes the numbers of `config`, a config of the same structure (no retrace)."""
+        self.config = config
+        self.hyper.assign(config)
 
     @property
     def has_accuracy(self):
@@ -196,11 +259,11 @@ class TrainStep:
     def _accumulate(self, iterator, budget):
         """Pulls up to min(k, budget) micro-batches.
 
-        Returns (count, grad sums, loss sum, correct, samples).
+        Returns (count, grad sums, loss sum, counts, samples).
         """
         variables = self.model.keras_model.trainable_variables
         zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
-        empty = (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
+        empty = (tf.constant(0), zeros, tf.constant(0.0), tf.zeros([2]), tf.constant(0.0))
 
         def pull(got, grad_sums, loss_sum, correct, samples):
             optional = iterator.get_next_as_optional()
@@ -236,33 +299,72 @@ class TrainStep:
 
     # -- per optimizer step ------------------------------------------------------------
 
-    def _apply(self, grad_sums, loss_sum, samples):
-        """The pipeline and the guarded update; returns (grad_norm, skipped, lr)."""
+    def _apply(self, grad_sums, loss_sum, samples, labels_ok=True):
+        """The pipeline and the guarded update; returns (grad_norm, skipped, lr, ok).
+
+        A step whose rate is non-finite or negative, or whose batch holds bad class-id
+        labels, is refused (`ok` False): it changes nothing at all, counters included;
+        the caller stops and the host raises.
+        """
         state = self.model.state
         variables = self.model.keras_model.trainable_variables
         grads = [g / samples for g in grad_sums]
         if self.config.dynamic_loss_scale:
             grads = [g / state.loss_scale for g in grads]
-        grads, grad_norm = self.config.pipeline(grads, variables)
+        grads, grad_norm = self.hyper.pipeline(grads, variables)
         finite = gradients_lib.all_finite(loss_sum, grad_norm)
-        lr = tf.cast(self.config.learning_rate(state), tf.float32)
+        lr = self._learning_rate()
+        lr_ok = tf.logical_and(tf.logical_and(tf.math.is_finite(lr), lr >= 0.0), labels_ok)
+        # The optimizer shows the rate it applies, so Keras callbacks read the real one.
+        shown = tf.where(lr_ok, lr, state.shown_lr)
+        self.model.optimizer.learning_rate.assign(shown)
+        state.shown_lr.assign(shown)
 
         def update():
             if self.config.decoupled_decay:
                 for variable in variables:
-                    variable.assign_sub(lr * self.config.decoupled_decay * variable)
-            self.model.optimizer.learning_rate.assign(lr)
+                    variable.assign_sub(lr * self.hyper.decoupled_decay * variable)
             self._optimizer_update(grads, variables, lr)
             return tf.constant(0.0)
 
-        skipped = tf.cond(finite, update, lambda: tf.constant(1.0))
-        state.skipped_in_row.assign(tf.where(finite, tf.zeros_like(state.skipped_in_row),
-                                             state.skipped_in_row + 1))
+        apply = tf.logical_and(finite, lr_ok)
+        skipped = tf.cond(apply, update, lambda: tf.constant(1.0))
+        counted = tf.cast(lr_ok, tf.int64)
+        state.skipped_in_row.assign(tf.where(
+            finite, tf.zeros_like(state.skipped_in_row), state.skipped_in_row + counted))
         if self.config.dynamic_loss_scale:
-            self._adapt_loss_scale(finite)
-        state.global_step.assign_add(1)
-        state.run_step.assign_add(1)
-        return tf.where(finite, grad_norm, 0.0), skipped, lr
+            self._adapt_loss_scale(finite, lr_ok)
+        state.global_step.assign_add(counted)
+        state.run_step.assign_add(counted)
+        return tf.where(apply, grad_norm, 0.0), skipped, lr, lr_ok
+
+    def _learning_rate(self):
+        """This step's rate: schedule(position) × user factor × warmup × lr_scale.
+
+        A rate written to `optimizer.learning_rate` since the last step (a Keras
+        callback, or the user; SPEC §7) is taken here: without a schedule it becomes the
+        new constant rate, with one a factor (written ÷ shown) on top of it.
+        """
+        state = self.model.state
+        written = tf.cast(self.model.optimizer.learning_rate, tf.float32)
+        changed = tf.not_equal(written, state.shown_lr)
+        ratio = written / tf.where(state.shown_lr > 0.0, state.shown_lr, 1.0)
+        if self.hyper.schedule is None:
+            rescaled = tf.where(state.shown_lr > 0.0, state.base_lr * ratio, written)
+            state.base_lr.assign(tf.where(changed, rescaled, state.base_lr))
+            value = tf.identity(state.base_lr)
+        else:
+            # A write while the shown rate is 0 has nothing to be a factor of: kept as is.
+            user_wrote = tf.logical_and(changed, state.shown_lr > 0.0)
+            state.lr_factor.assign(tf.where(user_wrote, state.lr_factor * ratio,
+                                            state.lr_factor))
+            unit = self.config.schedule_unit
+            position = state.run_epoch if unit == "epoch" else state.run_step
+            value = tf.cast(self.hyper.schedule(position), tf.float32) * state.lr_factor
+        if self.config.warmup:
+            value = value * schedules_lib.Warmup.warmup_factor(state.run_step,
+                                                              self.hyper.warmup)
+        return value * state.lr_scale
 
     def _optimizer_update(self, grads, variables, lr):
         """The optimizer's update rule with the global gradient.
@@ -283,15 +385,19 @@ class TrainStep:
                 lambda var, g: optimizer.update_step(g, var, lr), args=(grad,), group=False)
         optimizer.iterations.assign_add(1)
 
-    def _adapt_loss_scale(self, finite):
-        """Halve the scale on overflow; double it after a run of finite steps."""
+    def _adapt_loss_scale(self, finite, counted=True):
+        """Halve the scale on overflow; double it after a run of finite steps.
+
+        A step that is not `counted` (a refused rate) leaves both unchanged.
+        """
         state = self.model.state
         good = tf.where(finite, state.good_steps + 1, 0)
         grow = good >= LOSS_SCALE_GROWTH_INTERVAL
         scale = tf.where(finite, tf.where(grow, state.loss_scale * 2.0, state.loss_scale),
                          tf.maximum(state.loss_scale / 2.0, 1.0))
-        state.loss_scale.assign(scale)
-        state.good_steps.assign(tf.where(grow, tf.zeros_like(good), good))
+        state.loss_scale.assign(tf.where(counted, scale, state.loss_scale))
+        state.good_steps.assign(tf.where(counted, tf.where(grow, tf.zeros_like(good), good),
+                                         state.good_steps))
 
     # -- per call ------------------------------------------------------------------------
 
@@ -301,56 +407,45 @@ class TrainStep:
 
         state = self.model.state
 
-        def one_step(i, done, sums, last_lr, max_in_row):
+        def one_step(i, done, sums, last_lr, max_in_row, bad):
             pulled = tf.cast(sums[MICRO_BATCHES], tf.int32)
-            got, grad_sums, loss_sum, correct, samples = self._accumulate(
+            got, grad_sums, loss_sum, counts, samples = self._accumulate(
                 iterator, budget - pulled)
 
             def step():
-                grad_norm, skipped, lr = self._apply(grad_sums, loss_sum, samples)
-                return tf.stack([loss_sum, correct, samples, grad_norm, 1.0, skipped,
-                                 tf.cast(got, tf.float32)]), lr
+                bad_labels = counts[1]
+                grad_norm, skipped, lr, ok = self._apply(grad_sums, loss_sum, samples,
+                                                         labels_ok=tf.equal(bad_labels, 0.0))
+                sums = tf.stack([loss_sum, counts[0], samples, grad_norm, 1.0, skipped,
+                                 tf.cast(got, tf.float32)])
+                refused = tf.stack([lr, tf.cast(state.global_step + 1, tf.float32),
+                                    bad_labels])
+                return (tf.where(ok, sums, tf.zeros([NUM_SUMS])),
+                        tf.where(ok, lr, last_lr), tf.where(ok, bad, refused))
 
-            step_sums, lr = tf.cond(got > 0, step, lambda: (tf.zeros([NUM_SUMS]), last_lr))
+            step_sums, lr, bad = tf.cond(
+                got > 0, step, lambda: (tf.zeros([NUM_SUMS]), last_lr, bad))
             max_in_row = tf.maximum(max_in_row, tf.cast(state.skipped_in_row, tf.float32))
             # Done when the iterator ran dry or the budget is spent (a short group).
-            return i + 1, got < k, sums + step_sums, lr, max_in_row
+            return i + 1, got < k, sums + step_sums, lr, max_in_row, bad
 
-        limit = float(self.config.max_skipped_in_row or "inf")
+        if self.config.max_skipped_in_row:
+            limit = self.hyper.max_skipped_in_row
+        else:
+            limit = tf.constant(float("inf"))
 
-        def go_on(i, done, sums, last_lr, max_in_row):
-            return tf.logical_and(tf.logical_and(i < num_steps, tf.logical_not(done)),
-                                  max_in_row < limit)
+        def go_on(i, done, sums, last_lr, max_in_row, bad):
+            return tf.logical_and(
+                tf.logical_and(i < num_steps, tf.logical_not(done)),
+                tf.logical_and(max_in_row < limit, tf.equal(bad[1], 0.0)))
 
-        _, done, sums, last_lr, max_in_row = tf.while_loop(
+        _, done, sums, last_lr, max_in_row, bad = tf.while_loop(
             go_on,
             one_step,
             (tf.constant(0), tf.constant(False), tf.zeros([NUM_SUMS]), tf.constant(0.0),
-             tf.constant(0.0)))
-        return tf.concat([sums, [last_lr, tf.cast(done, tf.float32), max_in_row]], axis=0)
-
-
-def learning_rate_fn(schedule, unit, warmup):
-    """Returns `state -> rate`: schedule(position) × warmup factor × lr_scale.
-
-    Args:
-        schedule: a `LearningRateSchedule` (or None for the constant `state.base_lr`).
-        unit: "epoch" (position = epoch index of the run) or "step" (optimizer step).
-        warmup: warmup length in optimizer steps (0: none).
-    """
-    from exburn_tf.schedules import Warmup
-
-    def rate(state):
-        if schedule is None:
-            value = state.base_lr
-        else:
-            position = state.run_epoch if unit == "epoch" else state.run_step
-            value = tf.cast(schedule(position), tf.float32)
-        if warmup:
-            value = value * Warmup.warmup_factor(state.run_step, warmup)
-        return value * state.lr_scale
-
-    return rate
+             tf.constant(0.0), tf.zeros([3])))
+        return tf.concat([sums, [last_lr, tf.cast(done, tf.float32), max_in_row], bad],
+                         axis=0)
 
 
 def default_config(model, clip_norm=None, clip_value=None, weight_decay=None,
@@ -360,7 +455,6 @@ def default_config(model, clip_norm=None, clip_value=None, weight_decay=None,
     decay = model.weight_decay if weight_decay is None else weight_decay
     pipeline = gradients_lib.GradientPipeline(
         weight_decay=decay, clip_norm=clip_norm, clip_value=clip_value)
-    return StepConfig(pipeline=pipeline, learning_rate=learning_rate_fn(None, "epoch", 0),
-                      accumulate=accumulate, track_accuracy=track_accuracy,
+    return StepConfig(pipeline=pipeline, accumulate=accumulate, track_accuracy=track_accuracy,
                       grad_method=grad_method, epsilon=epsilon)
 

@@ -8,13 +8,14 @@ The loop, in data-flow order:
         ─► epoch metrics ─► validation ─► callbacks (map -> map) ─► progress ─► history
 """
 
+import contextlib
 import difflib
-import json
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from exburn_tf import cache as cache_lib
 from exburn_tf import callbacks as callbacks_lib
 from exburn_tf import data as data_lib
 from exburn_tf import checkpoint as checkpoint_lib
@@ -70,15 +71,16 @@ class _Fit:
         self.opts = opts
         self.strategy = strategy
         _check_strategy(model, opts.strategy)
-        self.nesterov = _nesterov(model.optimizer, opts.nesterov)  # checked before any change
+        _nesterov(model.optimizer, opts.nesterov)  # checked before any change
         self.chief = is_chief(strategy)
         self.train = data_lib.TrainData(data, opts.batch_size, opts.shuffle,
-                                        _seed(opts.seed, model.seed, strategy))
+                                        _seed(opts.seed, model.seed, strategy, opts.shuffle))
         self.validation = self.validation_labels = None
         if opts.validation_data is not None:
             self.validation = data_lib.batched(opts.validation_data, 256, "validation_data")
             if not isinstance(opts.validation_data, tf.data.Dataset):
-                self.validation_labels = opts.validation_data[1]  # all checked, not a batch
+                self.validation_labels = data_lib.unpack(opts.validation_data,
+                                                         "validation_data")[1]
         callbacks = list(opts.callbacks)
         if opts.tensorboard is not None:
             callbacks.append(callbacks_lib.TensorBoard(opts.tensorboard))
@@ -99,18 +101,33 @@ class _Fit:
             (self.steps_per_epoch or 1) * opts.epochs
         self.schedule = schedules_lib.get(opts.lr_schedule, horizon=horizon)
         schedules_lib.check_rates(self.schedule, horizon)
-        self._bind(model)
+        self._check_model(model)
+        self.model = model
+        self._model_settings = contextlib.ExitStack()
 
-    def _bind(self, model):
-        """Checks `model` against the data and compiles its step (again after a swap)."""
+    def _check_model(self, model):
+        """Checks `model` against the options and the data, before it trains."""
         if not isinstance(model, Model):
             raise TypeError(f"a callback replaced model with {type(model).__name__}, "
                             "expected an exburn_tf.Model")
-        self.model = model
+        _nesterov(model.optimizer, self.opts.nesterov)
         self.train.check_against(model)
         if self.validation is not None:
             data_lib.check_dataset_against(model, self.validation, "validation_data",
                                            labels=self.validation_labels)
+
+    def _bind(self, model):
+        """Gives `model` the run's settings (Nesterov, mixed policy) and compiles its step.
+
+        The settings of a model bound before (a callback replaced it) are undone first.
+        """
+        self._model_settings.close()
+        self._model_settings = contextlib.ExitStack()
+        self._model_settings.enter_context(_nesterov(model.optimizer, self.opts.nesterov))
+        self._model_settings.enter_context(
+            mixed_precision.policy(model.keras_model, self.opts.mixed_precision))
+        self.model = model
+        model.run_context = self.context
         self.step = _compiled_step(model, self.opts, self.schedule, self.strategy)
         self.pacer = CallPacer(self.opts.steps_per_execution)
 
@@ -118,25 +135,42 @@ class _Fit:
         opts, model = self.opts, self.model
         model.run_context = self.context
         if isinstance(self.schedule, float):
-            model.state.base_lr.assign(self.schedule)
+            _set_constant_rate(model, self.schedule)
         self.progress.header(self.train.num_samples, self.train.num_batches, opts.epochs,
                              opts.batch_size, opts.accumulate_gradients)
         self.callbacks.on_train_begin(model, {"epochs": opts.epochs, "steps": self.steps_per_epoch,
                                               "verbose": int(opts.verbose)})
         first_epoch = self._resume() if opts.resume else self._start()
+        first_epoch = self._keras_initial_epoch(first_epoch)
         self._shared_iterator = None
         started = time.perf_counter()
         self.epoch_seconds = []
         metrics = {}
         mixed_precision.start_loss_scale(model.state, opts.mixed_precision)
-        with self.nesterov, \
-                mixed_precision.policy(model.keras_model, opts.mixed_precision):
+        with self._model_settings:
+            self._bind(model)
             for epoch in range(first_epoch, opts.epochs + 1):
                 metrics = self._epoch(epoch, started)
                 if metrics.get("stop_training"):
                     break
+            self._model_settings.close()
         self.callbacks.on_train_end(self.model, metrics)
         return self.model
+
+    def _keras_initial_epoch(self, first_epoch):
+        """Keras' `BackupAndRestore` restores in `on_train_begin` and names the epoch
+        reached in `keras_model._initial_epoch` (0-based count of finished epochs), as
+        Keras' own fit reads it; the run continues after it."""
+        keras_model = self.model.keras_model
+        restored = getattr(keras_model, "_initial_epoch", None)
+        if not restored:
+            return first_epoch
+        keras_model._initial_epoch = None  # taken: a later fit starts afresh
+        first_epoch = max(first_epoch, int(restored) + 1)
+        if self.steps_per_epoch is not None:
+            # Per-step schedules and warmup continue as if the epochs before had run here.
+            self.model.state.run_step.assign((first_epoch - 1) * self.steps_per_epoch)
+        return first_epoch
 
     def _start(self):
         self.model.state.start_run()
@@ -163,6 +197,8 @@ class _Fit:
         epoch_start = time.perf_counter()
         sums, timing = self._train_epoch(epoch)
         metrics = self._metrics(epoch, sums, timing)
+        if timing.get("stopped"):
+            metrics["stop_training"] = True
         if self.validation is not None:
             val_loss, val_accuracy = evaluate_dataset(self.model, self.validation, opts.accuracy,
                                                       self.strategy)
@@ -220,9 +256,15 @@ class _Fit:
                 self.pacer.observe(int(out[step_lib.STEPS]), seconds)
                 timing["steady_seconds"] += seconds
                 timing["steady_samples"] += out[step_lib.SAMPLES]
+            _check_refused(out, epoch)
             self._report_progress(epoch, done, total, timing, sums)
             _check_skipped_in_row(max_in_row, self.opts)
             if out[step_lib.DONE]:
+                break
+            if self.callbacks.stop_requested():
+                # A Keras callback set stop_training during the epoch: as Keras does with
+                # steps_per_execution, it takes effect at the end of the running call.
+                timing["stopped"] = True
                 break
         return sums, timing
 
@@ -291,41 +333,54 @@ class _Fit:
             metrics["eta_ms"] = (self.opts.epochs - epoch) * float(np.mean(self.epoch_seconds)) * 1000
 
     def _apply_callback_results(self, metrics, reported_lr):
-        """Reads what the callbacks asked for: lr_scale, a new constant lr, a new model."""
+        """Reads what the callbacks asked for: lr_scale, a new rate, a new model.
+
+        A changed `lr` is written to `optimizer.learning_rate`, where the step takes it
+        by SPEC §7's one rule: the new constant rate, or a factor on top of a schedule.
+        """
         state = self.model.state
         scale = check_number("lr_scale (returned by a callback)", metrics.get("lr_scale", 1.0),
                              minimum=0.0)
         state.lr_scale.assign(scale)
-        constant_rate = self.schedule is None or isinstance(self.schedule, float)
         new_lr = metrics.get("lr", reported_lr)
-        if constant_rate and new_lr != reported_lr:
+        if new_lr != reported_lr:
             new_lr = check_number("lr (returned by a callback)", new_lr, minimum=0.0)
-            state.base_lr.assign(new_lr / scale if scale else new_lr)
+            self.model.optimizer.learning_rate.assign(new_lr)
         if metrics.get("model") is not self.model:
-            self._bind(metrics["model"])
+            self._swap(metrics["model"])
+
+    def _swap(self, model):
+        """A callback replaced the model: it carries on the run as if it had been there
+        all along — the run's history, counters, checkpoints and settings are its."""
+        self._check_model(model)
+        old = self.model
+        model.history = list(old.history)
+        for name in ("global_step", "run_step", "run_epoch", "lr_scale", "loss_scale",
+                     "good_steps", "skipped_in_row"):
+            getattr(model.state, name).assign(getattr(old.state, name))
+        self._bind(model)
 
 
 def _compiled_step(model, opts, schedule, strategy):
     """The model's `TrainStep` for these options, reused across `fit` calls.
 
-    Everything the traced graph depends on is in the key (a constant rate is not: it
-    lives in `state.base_lr`), so a second `fit` with the same options skips tracing.
+    The key holds what the traced graph depends on: the config's structure, the mixed
+    policy, Nesterov, and the identities of what tracing captured (loss, optimizer,
+    trainable variables, a user schedule, the strategy), each kept alive by the entry.
+    Numbers (rates, decay, clip bounds, warmup) are not in it: the step takes them as
+    variable values, so fits that differ only in numbers share one trace.
     """
     config = _step_config(model, opts, schedule)
-    schedule_key = None
-    if schedule is not None and not isinstance(schedule, float):
-        schedule_key = (type(schedule).__name__,
-                        json.dumps(schedule.get_config(), sort_keys=True, default=repr))
-    key = (json.dumps(config.pipeline.get_config(), sort_keys=True), schedule_key,
-           opts.lr_schedule_unit, opts.warmup, config.accumulate, config.track_accuracy,
-           config.decoupled_decay, config.jit_compile, config.grad_method, config.epsilon,
-           config.max_skipped_in_row, opts.mixed_precision,
+    structure, structure_objects = config.structure()
+    identity, identity_objects = cache_lib.model_identity(model)
+    key = (structure, opts.mixed_precision,
            bool(opts.nesterov or getattr(model.optimizer, "nesterov", False)),
-           id(model.optimizer), id(model.loss), id(strategy))
-    cache = model.__dict__.setdefault("_train_steps", {})
-    if key not in cache:
-        cache[key] = step_lib.TrainStep(model, config, strategy)
-    return cache[key]
+           identity, id(strategy))
+    step = cache_lib.model_cache(model, "train_steps").get(
+        key, (*structure_objects, *identity_objects, strategy),
+        lambda: step_lib.TrainStep(model, config, strategy))
+    step.configure(config)
+    return step
 
 
 def _step_config(model, opts, schedule):
@@ -333,10 +388,10 @@ def _step_config(model, opts, schedule):
     coupled = decay if opts.weight_decay_mode == "coupled" else 0.0
     pipeline = gradients_lib.GradientPipeline(
         weight_decay=coupled, clip_norm=opts.clip_norm, clip_value=opts.clip_value)
-    learning_rate = step_lib.learning_rate_fn(
-        None if isinstance(schedule, float) else schedule, opts.lr_schedule_unit, opts.warmup)
     return step_lib.StepConfig(
-        pipeline=pipeline, learning_rate=learning_rate, accumulate=opts.accumulate_gradients,
+        pipeline=pipeline, schedule=None if isinstance(schedule, float) else schedule,
+        schedule_unit=opts.lr_schedule_unit, warmup=opts.warmup,
+        accumulate=opts.accumulate_gradients,
         track_accuracy=opts.accuracy,
         decoupled_decay=decay if opts.weight_decay_mode == "decoupled" else 0.0,
         jit_compile=opts.jit_compile, grad_method=opts.grad_method, epsilon=opts.epsilon,
@@ -344,16 +399,44 @@ def _step_config(model, opts, schedule):
         dynamic_loss_scale=opts.mixed_precision == "mixed_float16")
 
 
-def _seed(seed, model_seed, strategy):
-    """The shuffle seed of this run: fit's, else the model's, else a fresh random one."""
+def _seed(seed, model_seed, strategy, shuffle=True):
+    """The shuffle seed of this run: fit's, else the model's, else a fresh random one.
+
+    Under several workers a fresh seed must be the same on all of them: the chief's
+    draw is shared through the strategy (SPEC §6). Without shuffling no seed is used.
+    """
     if seed is not None:
         return seed
     if model_seed is not None:
         return model_seed
-    if getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)():
-        raise ValueError("seed: multi-worker training needs fit(seed=...) (or a model seed) "
-                         "so that every worker shuffles the data the same way; got seed=None")
-    return int(np.random.SeedSequence().entropy % (2**31))
+    fresh = int(np.random.SeedSequence().entropy % (2**31))
+    if shuffle and getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)():
+        return _agreed_seed(strategy, fresh)
+    return fresh
+
+
+def _agreed_seed(strategy, fresh):
+    """Every worker's `fresh` draw, replaced by that of global replica 0 (on the chief)."""
+
+    @tf.function
+    def share():
+        def replica_value():
+            context = tf.distribute.get_replica_context()
+            first = tf.equal(context.replica_id_in_sync_group, 0)
+            return tf.where(first, tf.constant(fresh, tf.int64), tf.constant(0, tf.int64))
+
+        per_replica = strategy.run(replica_value)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return int(share().numpy())
+
+
+def _set_constant_rate(model, rate):
+    """A constant rate set by fit itself: the new base rate, shown by the optimizer too
+    (so it does not read as a rate written by the user)."""
+    model.state.base_lr.assign(rate)
+    model.state.shown_lr.assign(rate)
+    model.optimizer.learning_rate.assign(rate)
 
 
 def _check_strategy(model, strategy):
@@ -420,6 +503,23 @@ def _check_finite_epoch(metrics, sums, opts):
         raise FloatingPointError(
             f"terminate_on_nan: every optimizer step of epoch {metrics['epoch']} had a "
             "non-finite loss or gradient; the weights are those before the first such step")
+
+
+def _check_refused(out, epoch):
+    """Raises if the call stopped at a step it refused: bad labels or a bad rate."""
+    step = int(out[step_lib.REFUSED_STEP])
+    if step == 0:
+        return
+    applied = f"Step {step} was not applied: the weights are those after step {step - 1}"
+    labels = int(out[step_lib.REFUSED_LABELS])
+    if labels:
+        raise ValueError(
+            f"data: a batch of epoch {epoch} has {labels} class-id label(s) that are not "
+            f"integers in [0, num_classes) (fractional, negative or too large). {applied}")
+    raise ValueError(
+        f"learning rate: optimizer step {step} would apply the rate "
+        f"{float(out[step_lib.REFUSED_LR])!r} (schedule × warmup × lr_scale × any rate "
+        f"written to optimizer.learning_rate); every rate must be finite and >= 0. {applied}")
 
 
 def _check_skipped_in_row(max_in_row, opts):

@@ -138,22 +138,15 @@ def _free_ports(count):
     return ports
 
 
-@pytest.mark.slow
-def test_multi_worker_matches_single_device(tmp_path):
-    worker = os.path.join(HERE, "distribute_worker.py")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE)] + sys.path))
-    env.pop("TF_CONFIG", None)
-    single_dir = tmp_path / "single"
-    single_dir.mkdir()
-    subprocess.run([sys.executable, worker, str(single_dir), "single"], env=env, check=True,
-                   timeout=300, capture_output=True)
+def _run_workers(script, out_dir, env):
+    """Runs two workers of `script` on 127.0.0.1; returns their outputs (both exit 0)."""
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     processes = []
     for index in range(2):
         worker_env = dict(env, TF_CONFIG=json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        processes.append(subprocess.Popen([sys.executable, worker, str(tmp_path)],
+        processes.append(subprocess.Popen([sys.executable, script, str(out_dir)],
                                           env=worker_env, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT))
     try:
@@ -163,6 +156,34 @@ def test_multi_worker_matches_single_device(tmp_path):
             p.kill()
     for p, out in zip(processes, outputs):
         assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
+def _worker_env():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE)] + sys.path))
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+@pytest.mark.slow
+def test_multi_worker_without_a_seed_agrees_on_the_chiefs(tmp_path):
+    _run_workers(os.path.join(HERE, "seed_worker.py"), tmp_path, _worker_env())
+    seeds = [json.loads((tmp_path / f"worker{i}.json").read_text())["seed"] for i in (0, 1)]
+    assert seeds[0] == seeds[1]
+    weights = [np.load(tmp_path / f"worker{i}.npz") for i in (0, 1)]
+    for key in weights[0].files:
+        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+
+
+@pytest.mark.slow
+def test_multi_worker_matches_single_device(tmp_path):
+    worker = os.path.join(HERE, "distribute_worker.py")
+    env = _worker_env()
+    single_dir = tmp_path / "single"
+    single_dir.mkdir()
+    subprocess.run([sys.executable, worker, str(single_dir), "single"], env=env, check=True,
+                   timeout=300, capture_output=True)
+    outputs = _run_workers(worker, tmp_path, env)
     single = np.load(single_dir / "single.npz")
     for index in range(2):
         got = np.load(tmp_path / f"worker{index}.npz")

@@ -382,7 +382,7 @@ def test_no_retrace_over_epochs_with_a_partial_last_batch(recorded_steps, jit_co
     inner = train_step._forward_backward.fn
     if jit_compile:
         assert inner.experimental_get_tracing_count() == 1
-    (eval_step,) = model.__dict__["_eval_steps"].values()
+    (eval_step,) = model._function_caches["eval_steps"].values()
     assert eval_step._function.experimental_get_tracing_count() == 1
     assert len(model.history) == 5
 

@@ -108,6 +108,10 @@ class CallbackList:
             callback.set_params(dict(params))
             callback.on_train_begin({})
 
+    def stop_requested(self):
+        """True once a Keras callback set `model.stop_training` during this run."""
+        return bool(getattr(self._keras_model, "stop_training", False))
+
     def on_epoch_begin(self, epoch):
         """`epoch` is 1-based; Keras callbacks get it 0-based."""
         for callback in self._keras_callbacks():
