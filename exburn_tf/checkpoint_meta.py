@@ -13,7 +13,6 @@ turns that into a `CorruptCheckpointError` naming the file and the field. A new 
 
 import json
 import math
-import numbers
 
 import numpy as np
 
@@ -21,7 +20,6 @@ MAX_DEPTH = 64  # a Keras model config nests a few levels per sub-model
 MAX_EPOCH = 2**31 - 1
 SEED_MAX = 2**63 - 1  # tf.data and tf.random take int64 seeds
 INT_MAX = 2**63 - 1
-_JSON_SCALARS = (str, bool, type(None), numbers.Real)
 
 
 class CorruptCheckpointError(ValueError):
@@ -161,9 +159,8 @@ def record(required, optional_keys=None):
     return check
 
 
-def json_scalar(value):
-    if not isinstance(value, _JSON_SCALARS):
-        raise _Invalid(f"must be a number, string, bool or null, got {_short(value)}")
+def any_json(value):
+    """Any parsed JSON value (its depth is bounded by `parse_json`)."""
 
 
 def digits(value):
@@ -187,22 +184,23 @@ def _short(value):
 
 _LOSS_NAMES = ("cross_entropy", "mse", "binary_cross_entropy",
                "binary_cross_entropy_from_logits")
-_KERAS_OBJECT = dict_of(lambda value: None)  # Keras' serialize(); Keras checks the inside
+_KERAS_OBJECT = dict_of(any_json)  # Keras' serialize(); Keras checks the inside
 
 _COUNT = integer(1, INT_MAX)
 _FIT_SIGNATURE = record(
     {"epochs": _COUNT, "batch_size": _COUNT, "accumulate_gradients": _COUNT,
      "shuffle": boolean, "lr_schedule": string, "warmup": integer(0, INT_MAX)},
     {"num_samples": optional(integer(0, INT_MAX)), "num_batches": optional(integer(0, INT_MAX))})
-_CALLBACK_STATE = record({"class": string, "state": dict_of(json_scalar)})
+# A callback's own state is checked against that callback's state now (`resume`).
+_CALLBACK_STATE = record({"class": string, "state": any_json})
 _MODEL_CONFIG = record({"class": one_of(equal("Sequential"), equal("Functional")),
-                        "config": dict_of(lambda value: None)})
+                        "config": dict_of(any_json)})
 
 FIELDS = {
     # name: (required, check)
     "format": (True, string),  # the version itself is compared by `checkpoint.read`
     "paths": (True, dict_of(string)),
-    "history": (True, list_of(dict_of(one_of(json_scalar, list_of(json_scalar))))),
+    "history": (True, list_of(dict_of(any_json))),  # callbacks may add any value
     "model_class": (True, string),
     "model_config": (True, optional(_MODEL_CONFIG)),
     "loss": (True, optional(one_of(*(equal(n) for n in _LOSS_NAMES), _KERAS_OBJECT))),

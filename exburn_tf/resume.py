@@ -155,22 +155,33 @@ def _check_callback_state(path, saved, current):
             f"checkpoint {path!r}: the callback state does not match the callbacks: saved "
             f"{saved_classes}, callbacks now {current_classes}")
     for index, entry in saved.items():
-        template = current[index]["state"]
         where = f"meta.json field 'callbacks' [{index!r}] ({entry['class']})"
-        if set(entry["state"]) != set(template):
+        _check_like(path, where, entry["state"], current[index]["state"])
+
+
+def _check_like(path, where, state, template):
+    """`state` must have the shape of `template`: for a dict the same keys, each value of
+    the same kind (`_same_kind`); otherwise a value of the same kind."""
+    if not isinstance(template, dict):
+        if not _same_kind(state, template):
             raise checkpoint_lib.CorruptCheckpointError(
-                f"checkpoint {path!r}: {where} has the state keys {sorted(entry['state'])}, "
-                f"expected {sorted(template)}")
-        for key, value in entry["state"].items():
-            if not _same_kind(value, template[key]):
-                raise checkpoint_lib.CorruptCheckpointError(
-                    f"checkpoint {path!r}: {where} state {key!r} must be like "
-                    f"{template[key]!r}, got {value!r}")
+                f"checkpoint {path!r}: {where} state must be like {template!r}, got {state!r}")
+        return
+    if not isinstance(state, dict) or set(state) != set(template):
+        keys = sorted(state) if isinstance(state, dict) else state
+        raise checkpoint_lib.CorruptCheckpointError(
+            f"checkpoint {path!r}: {where} has the state {keys!r}, expected the keys "
+            f"{sorted(template)}")
+    for key, value in state.items():
+        if not _same_kind(value, template[key]):
+            raise checkpoint_lib.CorruptCheckpointError(
+                f"checkpoint {path!r}: {where} state {key!r} must be like "
+                f"{template[key]!r}, got {value!r}")
 
 
 def _same_kind(value, template):
-    """Integer counters stay non-negative integers; a float or unset value (None, e.g. an
-    unset best) may be any number or None; other values keep their type."""
+    """Integer counters stay integers >= 0; a float or unset (None) value, e.g. a best
+    score, may be any number or None; other values keep their JSON type."""
     if isinstance(template, bool) or isinstance(value, bool):
         return type(value) is type(template)
     if isinstance(template, int):
