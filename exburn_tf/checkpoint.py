@@ -44,7 +44,7 @@ import tensorflow as tf
 
 from exburn_tf import checkpoint_dir as folder
 from exburn_tf import checkpoint_meta as meta_lib
-from exburn_tf import mixed_precision
+from exburn_tf import model_record
 from exburn_tf.checkpoint_dir import CheckpointDirError, list_checkpoints  # noqa: F401
 from exburn_tf.checkpoint_meta import CorruptCheckpointError
 
@@ -70,20 +70,11 @@ def _tf_variable(variable):
 
 
 def _describe(model, meta_extra):
-    """The meta.json record; the model config is that of the model's own precision."""
-    with mixed_precision.own_policies(model.keras_model):
-        model_config = _try_config(model.keras_model)
-    meta = {
-        "format": FORMAT,
-        "paths": {key: getattr(v, "path", v.name) for key, v in _entries(model)},
-        "history": model.history,
-        "model_class": type(model.keras_model).__name__,
-        "model_config": model_config,
-        "loss": _serialize_loss(model.loss),
-        "optimizer": _serialize_optimizer(model.optimizer),
-        "weight_decay": model.weight_decay,
-        "seed": model.seed,
-    }
+    """The meta.json record (see `model_record.describe` for the model's part)."""
+    meta = {"format": FORMAT,
+            "paths": {key: getattr(v, "path", v.name) for key, v in _entries(model)},
+            "history": model.history}
+    meta.update(model_record.describe(model))
     meta.update(meta_extra)
     return meta
 
@@ -327,94 +318,10 @@ def load_model(path, keras_model=None):
 
 
 def _load_one(checkpoint, keras_model):
-    from exburn_tf.model import Model
-    import keras
-
     meta, _ = read(checkpoint)
-    if keras_model is None:
-        if meta["model_config"] is None:
-            raise ValueError(
-                f"checkpoint {checkpoint!r}: the {meta['model_class']} model has no "
-                "Keras config (a subclassed model?); pass keras_model= with the same "
-                "architecture")
-        keras_model = _safely(checkpoint, "model", lambda: _model_from_config(
-            meta["model_config"]))
-    loss = _deserialize_loss(checkpoint, meta["loss"])
-    optimizer = _safely(checkpoint, "optimizer",
-                        lambda: keras.optimizers.deserialize(meta["optimizer"]))
-    model = Model.compile(keras_model, loss=loss, optimizer=optimizer,
-                          weight_decay=meta["weight_decay"], seed=meta["seed"])
+    model = model_record.rebuild(checkpoint, meta, keras_model)
     restore(model, checkpoint)
     return model
-
-
-def _model_from_config(model_config):
-    import keras
-    if model_config["class"] == "Functional":
-        return keras.Model.from_config(model_config["config"])
-    return keras.Sequential.from_config(model_config["config"])
-
-
-def _safely(checkpoint, what, build):
-    """Runs a Keras deserialization in safe mode, whatever the global setting.
-
-    Safe mode refuses anything that would run code from the file (a `Lambda` layer's
-    marshalled bytecode), even after `keras.config.enable_unsafe_deserialization()`.
-    """
-    from keras.src.saving.serialization_lib import SafeModeScope
-    try:
-        with SafeModeScope(True):
-            return build()
-    except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"checkpoint {checkpoint!r}: cannot rebuild the {what} from "
-                         f"meta.json: {str(error).strip().splitlines()[0]}") from None
-
-
-def _try_config(keras_model):
-    import keras
-    if isinstance(keras_model, keras.Sequential):
-        kind = "Sequential"
-    elif type(keras_model).__name__ == "Functional":
-        kind = "Functional"
-    else:
-        return None
-    return {"class": kind, "config": keras_model.get_config()}
-
-
-def _serialize_loss(loss):
-    """ExBurn's name of the loss, Keras' serialization of a Keras loss, else None."""
-    import keras
-    from exburn_tf import losses as losses_lib
-    for name in ("cross_entropy", "mse", "binary_cross_entropy",
-                 "binary_cross_entropy_from_logits"):
-        if loss is getattr(losses_lib, name):
-            return name
-    keras_function = callable(loss) and not isinstance(loss, type) and \
-        getattr(loss, "__module__", "").startswith("keras.")
-    if isinstance(loss, keras.losses.Loss) or keras_function:
-        return keras.losses.serialize(loss)
-    return None
-
-
-def _deserialize_loss(checkpoint, stored):
-    """The loss of a checkpoint: ExBurn's by name, a Keras one through Keras (safe mode)."""
-    import keras
-    from exburn_tf import losses as losses_lib
-    if stored is None:
-        raise ValueError(f"checkpoint {checkpoint!r}: the loss was a custom callable; "
-                         "compile the model yourself and use eb.checkpoint.restore")
-    if isinstance(stored, str):
-        return losses_lib.get(stored)
-    loss = _safely(checkpoint, "loss", lambda: keras.losses.deserialize(stored))
-    if not callable(loss):
-        raise CorruptCheckpointError(f"checkpoint {checkpoint!r}: meta.json field 'loss' "
-                                     f"rebuilds a {type(loss).__name__}, not a loss")
-    return loss
-
-
-def _serialize_optimizer(optimizer):
-    import keras
-    return keras.optimizers.serialize(optimizer)
 
 
 def _json_default(value):

@@ -182,8 +182,8 @@ def _short(value):
 
 # -- the schema -----------------------------------------------------------------------
 
-_LOSS_NAMES = ("cross_entropy", "mse", "binary_cross_entropy",
-               "binary_cross_entropy_from_logits")
+EXBURN_LOSSES = ("cross_entropy", "mse", "binary_cross_entropy",
+                 "binary_cross_entropy_from_logits")  # stored by name
 _KERAS_OBJECT = dict_of(any_json)  # Keras' serialize(); Keras checks the inside
 
 _COUNT = integer(1, INT_MAX)
@@ -203,7 +203,7 @@ FIELDS = {
     "history": (True, list_of(dict_of(any_json))),  # callbacks may add any value
     "model_class": (True, string),
     "model_config": (True, optional(_MODEL_CONFIG)),
-    "loss": (True, optional(one_of(*(equal(n) for n in _LOSS_NAMES), _KERAS_OBJECT))),
+    "loss": (True, optional(one_of(*(equal(n) for n in EXBURN_LOSSES), _KERAS_OBJECT))),
     "optimizer": (True, _KERAS_OBJECT),
     "weight_decay": (True, real(minimum=0.0)),
     "seed": (True, optional(integer(-SEED_MAX - 1, SEED_MAX))),

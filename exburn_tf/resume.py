@@ -11,6 +11,7 @@ import numbers
 import os
 import shutil
 import tempfile
+import weakref
 
 from exburn_tf import checkpoint as checkpoint_lib
 from exburn_tf import checkpoint_dir as folder
@@ -38,7 +39,8 @@ class RunContext:
         self.requested_seed = options.seed
         self.chief = chief
         self.callbacks = callbacks
-        self.data = data
+        # Weakly: the model keeps its run context after fit, not the training data.
+        self._data = weakref.ref(data) if data is not None else lambda: None
         self.epoch = 0
         self._deferred = []
         self.deferring = False  # True while fit runs the callbacks of an epoch
@@ -51,9 +53,10 @@ class RunContext:
     @property
     def signature(self):
         """The options of the run, with the data length as known now."""
+        data = self._data()
         return {**self._options,
-                "num_samples": getattr(self.data, "num_samples", None),
-                "num_batches": getattr(self.data, "num_batches", None)}
+                "num_samples": getattr(data, "num_samples", None),
+                "num_batches": getattr(data, "num_batches", None)}
 
     def checkpoint_record(self):
         """(JSON meta, extra arrays) for `checkpoint.write`."""

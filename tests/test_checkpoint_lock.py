@@ -184,3 +184,35 @@ def test_staging_folders_left_by_a_killed_writer_are_removed_by_the_next_write(t
     checkpoint_lib.write(compiled(), tmp_path)
     assert not stale.exists()
     assert [n for n in os.listdir(tmp_path)] == ["ckpt-000000000001"]
+
+
+@pytest.mark.slow
+def test_two_training_processes_on_one_folder_the_second_is_refused(tmp_path):
+    """Two real `fit` processes: the second is refused at its start while the first runs,
+    and a killed first run leaves the folder usable (resume continues from it)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    worker = os.path.join(root, "tests", "resume_worker.py")
+    env = {**os.environ, "PYTHONPATH": root}
+    directory = tmp_path / "run"
+
+    def start(out, step_sleep, *flags):
+        return subprocess.Popen([sys.executable, worker, str(tmp_path / out), str(directory),
+                                 "--step-sleep", str(step_sleep), *flags], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    first = start("first", 0.5)  # about a minute in all
+    try:
+        while not checkpoint_lib.list_checkpoints(directory):  # it runs and holds the lock
+            assert first.poll() is None, first.stderr.read()
+        second = start("second", 0.0, "--resume")
+        _, errors = second.communicate(timeout=240)
+        assert second.returncode != 0
+        assert f"checkpoint_dir '{directory}' is in use" in errors
+        assert first.poll() is None  # refused while the first was still running
+        assert not os.path.exists(tmp_path / "second" / "epochs.log")  # it trained nothing
+    finally:
+        first.kill()
+        first.wait()
+    third = start("third", 0.0, "--resume")
+    _, errors = third.communicate(timeout=240)
+    assert third.returncode == 0, errors
