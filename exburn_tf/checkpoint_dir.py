@@ -114,7 +114,8 @@ def remove_stale_staging(directory):
     """
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
-        if name.startswith(STAGING_PREFIX) and stat.S_ISDIR(os.lstat(path).st_mode):
+        if name.startswith(STAGING_PREFIX) and os.path.isdir(path) and \
+                not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -128,7 +129,7 @@ def check_writable(directory, what="checkpoint_dir"):
     try:
         os.makedirs(directory, exist_ok=True)
         probe = tempfile.mkdtemp(prefix=STAGING_PREFIX + "probe-", dir=directory)
-        os.rmdir(probe)
+        shutil.rmtree(probe, ignore_errors=True)  # a lock holder may have removed it already
     except OSError as error:
         raise CheckpointDirError(
             error.errno or errno.EIO,

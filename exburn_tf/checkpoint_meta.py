@@ -186,6 +186,13 @@ EXBURN_LOSSES = ("cross_entropy", "mse", "binary_cross_entropy",
                  "binary_cross_entropy_from_logits")  # stored by name
 _KERAS_OBJECT = dict_of(any_json)  # Keras' serialize(); Keras checks the inside
 
+def _history_entry(value):
+    """An epoch dict: callbacks may add any value, but `stop_training` decides a resume."""
+    dict_of(any_json)(value)
+    if "stop_training" in value:
+        _nested(boolean, value["stop_training"], "['stop_training']")
+
+
 _COUNT = integer(1, INT_MAX)
 _FIT_SIGNATURE = record(
     {"epochs": _COUNT, "batch_size": _COUNT, "accumulate_gradients": _COUNT,
@@ -200,7 +207,7 @@ FIELDS = {
     # name: (required, check)
     "format": (True, string),  # the version itself is compared by `checkpoint.read`
     "paths": (True, dict_of(string)),
-    "history": (True, list_of(dict_of(any_json))),  # callbacks may add any value
+    "history": (True, list_of(_history_entry)),
     "model_class": (True, string),
     "model_config": (True, optional(_MODEL_CONFIG)),
     "loss": (True, optional(one_of(*(equal(n) for n in EXBURN_LOSSES), _KERAS_OBJECT))),

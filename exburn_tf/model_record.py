@@ -52,8 +52,9 @@ def rebuild(checkpoint, meta, keras_model=None):
     loss = _deserialize_loss(checkpoint, meta["loss"])
     optimizer = _safely(checkpoint, "optimizer",
                         lambda: keras.optimizers.deserialize(meta["optimizer"]))
-    return Model.compile(keras_model, loss=loss, optimizer=optimizer,
-                         weight_decay=meta["weight_decay"], seed=meta["seed"])
+    return _safely(checkpoint, "model", lambda: Model.compile(
+        keras_model, loss=loss, optimizer=optimizer, weight_decay=meta["weight_decay"],
+        seed=meta["seed"]))
 
 
 def _model_from_config(model_config):
@@ -68,13 +69,14 @@ def _safely(checkpoint, what, build):
 
     Safe mode refuses anything that would run code from the file (a `Lambda` layer's
     marshalled bytecode), even after `keras.config.enable_unsafe_deserialization()`.
+    Whatever Keras raises on a damaged or hostile config becomes a ValueError naming
+    the checkpoint and `what`.
     """
     from keras.src.saving.serialization_lib import SafeModeScope
     try:
         with SafeModeScope(True):
             return build()
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError,
-            RecursionError) as error:  # what Keras raises on a hostile config
+    except Exception as error:  # noqa: BLE001 - a hostile config can fail anywhere in Keras
         raise ValueError(f"checkpoint {checkpoint!r}: cannot rebuild the {what} from "
                          f"meta.json: {str(error).strip().splitlines()[0]}") from None
 

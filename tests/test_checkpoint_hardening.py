@@ -63,6 +63,8 @@ HOSTILE = {
     "history-ints": ("history", _setter("history", [1, 2])),
     "history-dict": ("history", _setter("history", {"loss": 1.0})),
     "history-missing": ("history", lambda meta: meta.pop("history")),
+    "history-stop-string": ("history", lambda meta: meta["history"][0].__setitem__(
+        "stop_training", "yes")),
     "run-seed-string": ("run_seed", _setter("run_seed", "abc")),
     "run-seed-huge": ("run_seed", _setter("run_seed", 2**70)),
     "run-seed-negative": ("run_seed", _setter("run_seed", -1)),
@@ -251,6 +253,20 @@ def test_load_rebuilds_a_keras_loss(tmp_path, loss, y_true):
         assert loaded.loss.get_config() == loss.get_config()
     y_pred = np.random.RandomState(0).rand(2, 4).astype("float32")
     np.testing.assert_allclose(loaded.loss(y_true, y_pred), loss(y_true, y_pred))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model_config", {"class": "Sequential", "config": {"layers": 5}}),
+    ("optimizer", {"class_name": "SGD", "config": {"learning_rate": "fast"}}),
+    ("loss", {"class_name": "NoSuchLoss", "config": {}}),
+])
+def test_a_hostile_keras_config_is_a_clear_error(tmp_path, field, value):
+    path = compiled(loss=keras.losses.SparseCategoricalCrossentropy(), units=4).save(
+        tmp_path / "run")
+    _edit_meta(path, _setter(field, value))
+    with pytest.raises(ValueError, match=rf"checkpoint '{path}': (cannot rebuild the|"
+                                         rf"meta\.json field '{field}')"):
+        eb.Model.load(tmp_path / "run")
 
 
 def test_a_custom_loss_callable_is_still_refused_clearly(tmp_path):
