@@ -18,25 +18,42 @@ Entries are keyed by position, not by Keras' auto-generated names, so a freshly 
 model of the same architecture (whose layers may be named `dense_7`) restores cleanly.
 
 Atomicity: the directory is written under a temporary name, its files fsync'ed, then
-renamed to `ckpt-<n>` (n counts writes) in one `os.rename`; a crash at any instant leaves either the old
-set of complete checkpoints or the new one. Loading reads and checks every tensor first
-and assigns only when all of them match, so a bad file changes nothing. JSON and
-TensorFlow's tensor format are data only: loading never executes code from the file.
+renamed to `ckpt-<n>` (n counts writes; see `checkpoint_dir` for names, the run lock and
+pruning) in one `os.rename`; a crash at any instant leaves either the old set of complete
+checkpoints or the new one, and a failed write (a full disk) is an `OSError` that leaves
+the old set and no staging folder.
+
+Loading reads every tensor and checks every field of meta.json and extra.npz first
+(`checkpoint_meta`), then the entries against the model, and assigns only when all of
+them pass, so a bad file changes nothing. JSON and TensorFlow's tensor format are data
+only: loading never executes code from the file. The model config and the loss are
+stored in the model's own precision and through Keras' own serialization (losses: an
+ExBurn name, or `keras.losses.serialize`), rebuilt in Keras' safe mode.
 """
 
+import errno
 import json
 import os
-import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
 import tensorflow as tf
 
+from exburn_tf import checkpoint_dir as folder
+from exburn_tf import checkpoint_meta as meta_lib
+from exburn_tf import model_record
+from exburn_tf.checkpoint_dir import CheckpointDirError, list_checkpoints  # noqa: F401
+from exburn_tf.checkpoint_meta import CorruptCheckpointError
+
 FORMAT = "exburn_tf-checkpoint-1"
-_PREFIX = "ckpt"
-_NAME = re.compile(r"^ckpt-(\d{12})$")
+_PREFIX = folder.PREFIX
+
+
+class CheckpointRemovedError(CorruptCheckpointError):
+    """The checkpoint disappeared while it was read (another run pruned it)."""
 
 
 def _entries(model):
@@ -53,17 +70,11 @@ def _tf_variable(variable):
 
 
 def _describe(model, meta_extra):
-    meta = {
-        "format": FORMAT,
-        "paths": {key: getattr(v, "path", v.name) for key, v in _entries(model)},
-        "history": model.history,
-        "model_class": type(model.keras_model).__name__,
-        "model_config": _try_config(model.keras_model),
-        "loss": _loss_name(model.loss),
-        "optimizer": _serialize_optimizer(model.optimizer),
-        "weight_decay": model.weight_decay,
-        "seed": model.seed,
-    }
+    """The meta.json record (see `model_record.describe` for the model's part)."""
+    meta = {"format": FORMAT,
+            "paths": {key: getattr(v, "path", v.name) for key, v in _entries(model)},
+            "history": model.history}
+    meta.update(model_record.describe(model))
     meta.update(meta_extra)
     return meta
 
@@ -71,49 +82,74 @@ def _describe(model, meta_extra):
 def write(model, directory, meta_extra=None, extra_arrays=(), keep=None):
     """Writes a complete checkpoint of `model` under `directory`; returns its path.
 
+    Holds the folder's run lock while writing; staging folders of a killed writer are
+    removed first. A failed write (disk full, I/O error) leaves no staging folder and
+    the previous checkpoints as they were.
+
     Args:
         model: an `eb.Model`.
         directory: the checkpoint directory (created if missing).
         meta_extra: JSON-serialisable run information (epoch, seed, callbacks, ...).
         extra_arrays: lists of NumPy arrays to store too (e.g. best weights), or None.
         keep: keep only the newest `keep` checkpoints (None: keep all).
+
+    Raises:
+        CheckpointDirError: the folder is unusable or in use by another process.
+        OSError: the write failed; the message names the folder and the last checkpoint.
     """
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    # Numbered in write order, not by step: a new run written into a directory that
-    # holds an older, longer run must still count as the newest.
-    existing = [int(_NAME.match(os.path.basename(p)).group(1))
-                for p in list_checkpoints(directory)]
-    target = os.path.join(directory, f"{_PREFIX}-{max(existing, default=0) + 1:012d}")
-    meta = _describe(model, dict(meta_extra or {}))
-    tensors = {key.replace("/", "__"): _tf_variable(v) for key, v in _entries(model)}
-    meta["extra"] = [None if arrays is None else len(arrays) for arrays in extra_arrays]
-    extras = {f"{i}_{j}": np.asarray(array) for i, arrays in enumerate(extra_arrays)
-              for j, array in enumerate(arrays or ())}
-    staging = tempfile.mkdtemp(prefix=".tmp-", dir=directory)
-    try:
-        tf.train.Checkpoint(**tensors).write(os.path.join(staging, _PREFIX))
-        with open(os.path.join(staging, "meta.json"), "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, default=_json_default)
-        np.savez(os.path.join(staging, "extra.npz"), **extras)
-        _fsync_tree(staging)
-        os.rename(staging, target)  # the commit point
-        _fsync_dir(directory)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-    if keep is not None:
-        for old in list_checkpoints(directory)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    directory = folder.check_writable(directory, what="checkpoint directory")
+    with folder.lock(directory, what="checkpoint directory"):
+        folder.remove_stale_staging(directory)
+        # Numbered in write order, not by step: a new run written into a directory that
+        # holds an older, longer run must still count as the newest.
+        target = os.path.join(directory, folder.next_name(directory))
+        meta = _describe(model, dict(meta_extra or {}))
+        meta["extra"] = [None if arrays is None else len(arrays) for arrays in extra_arrays]
+        tensors = {key.replace("/", "__"): _tf_variable(v) for key, v in _entries(model)}
+        extras = {f"{i}_{j}": np.asarray(array) for i, arrays in enumerate(extra_arrays)
+                  for j, array in enumerate(arrays or ())}
+        _commit(directory, target, tensors, meta, extras)
+        if keep is not None:
+            folder.prune(directory, keep)
     return target
 
 
-def list_checkpoints(directory):
-    """Complete checkpoints in `directory`, oldest first (temporary ones are ignored)."""
-    if not os.path.isdir(directory):
-        return []
-    names = sorted(n for n in os.listdir(directory) if _NAME.match(n))
-    return [os.path.join(directory, n) for n in names]
+def _commit(directory, target, tensors, meta, extras):
+    """Writes the files into a staging folder, then renames it to `target` (atomic)."""
+    staging = None
+    try:
+        staging = tempfile.mkdtemp(prefix=folder.STAGING_PREFIX, dir=directory)
+        _write_files(staging, tensors, meta, extras)
+        os.rename(staging, target)  # the commit point
+        _fsync_dir(directory)
+    except (OSError, tf.errors.OpError) as error:
+        raise _write_failed(directory, target, error) from error
+    finally:
+        if staging is not None and os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_files(staging, tensors, meta, extras):
+    tf.train.Checkpoint(**tensors).write(os.path.join(staging, _PREFIX))
+    with open(os.path.join(staging, "meta.json"), "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, default=_json_default)
+    np.savez(os.path.join(staging, "extra.npz"), **extras)
+    _fsync_tree(staging)
+
+
+def _write_failed(directory, target, error):
+    """An `OSError` for a failed write, keeping the errno (ENOSPC for a full disk)."""
+    if isinstance(error, OSError):
+        number, detail = error.errno or errno.EIO, error.strerror or str(error)
+    else:  # TensorFlow's writer: ResourceExhaustedError is its "no space left"
+        full = isinstance(error, tf.errors.ResourceExhaustedError)
+        number = errno.ENOSPC if full else errno.EIO
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    previous = latest(directory)
+    kept = f"the last complete checkpoint, {previous!r}, is intact" if previous else \
+        "no earlier checkpoint exists"
+    return OSError(number, f"checkpoint directory {directory!r}: writing "
+                           f"{os.path.basename(target)} failed ({detail}); {kept}")
 
 
 def latest(directory):
@@ -123,51 +159,110 @@ def latest(directory):
 
 
 def read(path):
-    """Reads a checkpoint into memory, checking it; returns (meta, {key: array}).
+    """Reads a checkpoint into memory, checking every file; returns (meta, {key: array}).
+
+    meta.json is checked field by field (`checkpoint_meta.FIELDS`) and extra.npz against
+    it; `meta["extra_arrays"]` holds extra.npz's lists of arrays.
 
     Raises:
-        ValueError: the path holds no checkpoint, or it is corrupt / truncated.
+        CorruptCheckpointError: the path holds no checkpoint, or it is corrupt,
+            truncated or holds an invalid field (named in the message).
+        CheckpointRemovedError: the checkpoint was deleted while it was read.
     """
     path = os.fspath(path)
+    existed = os.path.isdir(path)
+    try:
+        return _read(path)
+    except CorruptCheckpointError:
+        if existed and not os.path.lexists(path):
+            raise CheckpointRemovedError(
+                f"checkpoint {path!r} was removed while it was read (pruned by the run "
+                "writing into that folder)") from None
+        raise
+
+
+def _read(path):
     prefix = os.path.join(path, _PREFIX)
     if not os.path.exists(prefix + ".index"):
-        raise ValueError(f"checkpoint {path!r}: no checkpoint found there "
-                         f"(expected {prefix}.index)")
+        raise CorruptCheckpointError(f"checkpoint {path!r}: no checkpoint found there "
+                                     f"(expected {prefix}.index)")
     try:
         reader = tf.train.load_checkpoint(prefix)
         # Every tensor is read, the object graph too, so that a file truncated or damaged
         # anywhere fails its length / checksum test here, not later.
         tensors = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
-        values = {k.split("/")[0]: v for k, v in tensors.items()
+        values = {k.split("/")[0].replace("__", "/"): v for k, v in tensors.items()
                   if k.endswith("/.ATTRIBUTES/VARIABLE_VALUE")}
-        with open(os.path.join(path, "meta.json"), encoding="utf-8") as handle:
-            meta = json.load(handle)
+        with open(os.path.join(path, "meta.json"), "rb") as handle:
+            text = handle.read().decode("utf-8")
         with np.load(os.path.join(path, "extra.npz"), allow_pickle=False) as extras:
-            values.update({f"extra__{k.replace('_', '__')}": extras[k] for k in extras.files})
+            arrays = {k.replace("_", "/"): extras[k] for k in extras.files}
     except (tf.errors.OpError, ValueError, KeyError, OSError, UnicodeDecodeError,
             zipfile.BadZipFile, IndexError, EOFError) as error:
         # IndexError: TensorFlow's reader on a truncated data file ("Read less bytes").
-        raise ValueError(f"checkpoint {path!r} is corrupt or truncated: "
-                         f"{str(error).strip().splitlines()[0]}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"checkpoint {path!r} is corrupt: meta.json holds a "
-                         f"{type(meta).__name__}, expected a JSON object")
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {path!r}: unknown format {meta.get('format')!r}, "
-                         f"expected {FORMAT!r}")
-    return meta, {k.replace("__", "/"): v for k, v in values.items()}
+        raise CorruptCheckpointError(f"checkpoint {path!r} is corrupt or truncated: "
+                                     f"{str(error).strip().splitlines()[0]}") from None
+    meta = meta_lib.validate(path, meta_lib.parse_json(path, text))
+    if meta["format"] != FORMAT:
+        raise CorruptCheckpointError(f"checkpoint {path!r}: unknown format "
+                                     f"{meta['format']!r}, expected {FORMAT!r}")
+    meta["extra_arrays"] = meta_lib.extra_arrays(path, meta, arrays)
+    values.update({f"extra/{k}": v for k, v in arrays.items()})
+    return meta, values
+
+
+def newest_intact(directory, attempt):
+    """Runs `attempt(path)` on the newest checkpoint of `directory`, then on older ones
+    while the newer are damaged; returns (path, result), or (None, None) if there is none.
+
+    A damaged checkpoint that is skipped is named in a warning, with the one used; a
+    checkpoint pruned meanwhile is skipped silently. Any other error of `attempt` (e.g. a
+    checkpoint of another model) is raised as is.
+
+    Raises:
+        CorruptCheckpointError: every checkpoint in `directory` is damaged.
+    """
+    damaged = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            result = attempt(path)
+        except CorruptCheckpointError as error:
+            if not isinstance(error, CheckpointRemovedError) and os.path.lexists(path):
+                damaged.append(error)
+            continue  # damaged, or pruned since it was listed
+        if damaged:
+            warnings.warn(f"{damaged[0]}; using the newest intact checkpoint {path!r} "
+                          f"instead ({len(damaged)} damaged checkpoint(s) skipped)",
+                          stacklevel=3)
+        return path, result
+    if damaged:
+        raise CorruptCheckpointError(
+            f"no intact checkpoint in {os.fspath(directory)!r}: " +
+            "; ".join(str(error) for error in damaged))
+    return None, None
 
 
 def restore(model, path, check=None):
     """Loads the checkpoint at `path` into `model`; returns its meta record.
 
-    Every entry is checked against the model (count, shape, dtype) before the first
-    assignment; a mismatch is a ValueError naming the file and the entry. `check`, if
-    given, is called with the meta record after those checks and before the first
-    assignment, so a caller's own check (e.g. the callback state) also changes nothing.
+    Every field and entry is checked first — meta.json's fields, each variable against
+    the model (count, shape, dtype), extra.npz's best weights against the model's
+    weights — and `check(meta)`, if given, is called after those checks and before the
+    first assignment, so a bad file or a failed caller check changes nothing.
     """
     meta, values = read(path)
     entries = _entries(model)
+    _check_entries(path, meta, values, entries, model)
+    meta_lib.check_extra_arrays(path, meta["extra_arrays"], model.keras_model.weights)
+    if check is not None:
+        check(meta)
+    for key, variable in entries:
+        variable.assign(values[key])
+    model.history = list(meta["history"])
+    return meta
+
+
+def _check_entries(path, meta, values, entries, model):
     expected = {key for key, _ in entries}
     stored = {k for k in values if not k.startswith("extra/")}
     if expected != stored:
@@ -177,29 +272,14 @@ def restore(model, path, check=None):
             f"checkpoint {path!r} does not match this model: {len(stored)} entries in the "
             f"file, {len(expected)} in the model (missing {missing}, unexpected "
             f"{unexpected}); {_difference(meta, model)}")
-    paths = meta.get("paths") if isinstance(meta.get("paths"), dict) else {}
     for key, variable in entries:
         stored_shape, stored_dtype = tuple(values[key].shape), np.dtype(values[key].dtype)
         wanted_dtype = np.dtype(tf.as_dtype(variable.dtype).as_numpy_dtype)
         if stored_shape != tuple(variable.shape) or stored_dtype != wanted_dtype:
             raise ValueError(
                 f"checkpoint {path!r} does not match this model: entry {key} "
-                f"({paths.get(key, '?')}) is {stored_dtype.name}{stored_shape} in the file, "
-                f"{wanted_dtype.name}{tuple(variable.shape)} in the model")
-    try:
-        meta["extra_arrays"] = [
-            None if count is None else [values[f"extra/{i}/{j}"] for j in range(count)]
-            for i, count in enumerate(meta.get("extra", []))]
-        history = list(meta.get("history", []))
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"checkpoint {path!r} is corrupt: meta.json does not match its "
-                         f"arrays ({type(error).__name__}: {error})") from None
-    if check is not None:
-        check(meta)
-    for key, variable in entries:
-        variable.assign(values[key])
-    model.history = history
-    return meta
+                f"({meta['paths'].get(key, '?')}) is {stored_dtype.name}{stored_shape} in "
+                f"the file, {wanted_dtype.name}{tuple(variable.shape)} in the model")
 
 
 def _difference(meta, model):
@@ -220,84 +300,28 @@ def save_model(model, path):
         raise TypeError(f"path must be a directory path, got {path!r}")
     run = getattr(model, "run_context", None)
     meta, arrays = run.checkpoint_record() if run is not None else ({}, ())
-    written = write(model, path, meta, arrays, keep=1)
-    return written
+    return write(model, path, meta, arrays, keep=1)
 
 
 def load_model(path, keras_model=None):
-    """`Model.load`: rebuilds a model from `Model.save`'s directory (or one checkpoint)."""
-    from exburn_tf import losses as losses_lib
-    from exburn_tf.model import Model
-    import keras
+    """`Model.load`: rebuilds a model from `Model.save`'s directory (or one checkpoint).
 
+    In a folder of checkpoints the newest intact one is loaded (see `newest_intact`).
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a directory path, got {path!r}")
-    checkpoint = latest(path) or os.fspath(path)
-    meta, _ = read(checkpoint)
-    if keras_model is None:
-        if meta.get("model_config") is None:
-            raise ValueError(
-                f"checkpoint {checkpoint!r}: the {meta.get('model_class')} model has no "
-                "Keras config (a subclassed model?); pass keras_model= with the same "
-                "architecture")
-        keras_model = _safely(checkpoint, "model", lambda: _model_from_config(
-            meta["model_config"]))
-    if meta.get("loss") is None:
-        raise ValueError(f"checkpoint {checkpoint!r}: the loss was a custom callable; "
-                         "compile the model yourself and use eb.checkpoint.restore")
-    optimizer = _safely(checkpoint, "optimizer",
-                        lambda: keras.optimizers.deserialize(meta["optimizer"]))
-    model = Model.compile(keras_model, loss=losses_lib.get(meta["loss"]), optimizer=optimizer,
-                          weight_decay=meta.get("weight_decay", 0.0), seed=meta.get("seed"))
-    restore(model, checkpoint)
+    path = os.fspath(path)
+    found, model = newest_intact(path, lambda checkpoint: _load_one(checkpoint, keras_model))
+    if found is None:  # no checkpoints inside: `path` itself may be one
+        return _load_one(path, keras_model)
     return model
 
 
-def _model_from_config(model_config):
-    import keras
-    if model_config["class"] == "Functional":
-        return keras.Model.from_config(model_config["config"])
-    return keras.Sequential.from_config(model_config["config"])
-
-
-def _safely(checkpoint, what, build):
-    """Runs a Keras deserialization in safe mode, whatever the global setting.
-
-    Safe mode refuses anything that would run code from the file (a `Lambda` layer's
-    marshalled bytecode), even after `keras.config.enable_unsafe_deserialization()`.
-    """
-    from keras.src.saving.serialization_lib import SafeModeScope
-    try:
-        with SafeModeScope(True):
-            return build()
-    except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"checkpoint {checkpoint!r}: cannot rebuild the {what} from "
-                         f"meta.json: {str(error).strip().splitlines()[0]}") from None
-
-
-def _try_config(keras_model):
-    import keras
-    if isinstance(keras_model, keras.Sequential):
-        kind = "Sequential"
-    elif type(keras_model).__name__ == "Functional":
-        kind = "Functional"
-    else:
-        return None
-    return {"class": kind, "config": keras_model.get_config()}
-
-
-def _loss_name(loss):
-    from exburn_tf import losses as losses_lib
-    for name in ("cross_entropy", "mse", "binary_cross_entropy",
-                 "binary_cross_entropy_from_logits"):
-        if loss is getattr(losses_lib, name):
-            return name
-    return None
-
-
-def _serialize_optimizer(optimizer):
-    import keras
-    return keras.optimizers.serialize(optimizer)
+def _load_one(checkpoint, keras_model):
+    meta, _ = read(checkpoint)
+    model = model_record.rebuild(checkpoint, meta, keras_model)
+    restore(model, checkpoint)
+    return model
 
 
 def _json_default(value):

@@ -6,12 +6,18 @@
 Both endpoints run the model with `training=False` and accept any batch size (the batch
 dimension of every input signature is None). Serving systems (TF Serving, `saved_model_cli`)
 use `serving_default`; Python code can call `tf.saved_model.load(path).serve(x)`.
+
+The endpoints serve the model's own precision: an export taken during a
+`fit(mixed_precision=...)` (from a callback) is traced with the policies the model was
+compiled with, not the run's temporary mixed policy.
 """
 
 import os
 import re
 
 import tensorflow as tf
+
+from exburn_tf import mixed_precision
 
 
 def export(model, path, input_signature=None):
@@ -49,8 +55,9 @@ def export(model, path, input_signature=None):
     for spec in tf.nest.flatten(input_signature):
         if not isinstance(spec, tf.TensorSpec):
             raise TypeError(f"input_signature must hold tf.TensorSpec values, got {spec!r}")
-    module = _Serving(keras_model, input_signature)
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serving_default})
+    with mixed_precision.own_policies(keras_model):  # tracing happens inside `save`
+        module = _Serving(keras_model, input_signature)
+        tf.saved_model.save(module, path, signatures={"serving_default": module.serving_default})
     return path
 
 

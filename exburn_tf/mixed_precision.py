@@ -12,10 +12,15 @@ doubles. bfloat16 has float32's range and needs none.
 """
 
 import contextlib
+import weakref
 
 import keras
 
 INITIAL_LOSS_SCALE = 2.0**15
+
+# keras_model -> [(layer, its own policy), ...] while `policy` is in force. Kept here, not on
+# the model: Keras would track a list of layers set as a model attribute as sublayers.
+_OWN = weakref.WeakKeyDictionary()
 
 
 def _all_layers(keras_model):
@@ -29,14 +34,41 @@ def policy(keras_model, name):
         yield
         return
     layers = _all_layers(keras_model)
-    previous = [layer.dtype_policy for layer in layers]
+    previous = [(layer, layer.dtype_policy) for layer in layers]
+    outermost = keras_model not in _OWN  # a nested run keeps the outer run's record
     try:
         for layer in layers:
             layer.dtype_policy = keras.DTypePolicy(name)
+        if outermost:
+            _OWN[keras_model] = previous
         yield
     finally:
-        for layer, old in zip(layers, previous):
-            layer.dtype_policy = old
+        if outermost:
+            _OWN.pop(keras_model, None)
+        _set(previous)
+
+
+@contextlib.contextmanager
+def own_policies(keras_model):
+    """Gives every layer back its own policy inside the block (outside a run: no change).
+
+    The compiled step is unaffected: it was traced with the mixed policy and keeps it.
+    """
+    own = _OWN.get(keras_model)
+    if own is None:
+        yield
+        return
+    mixed = [(layer, layer.dtype_policy) for layer, _ in own]
+    _set(own)
+    try:
+        yield
+    finally:
+        _set(mixed)
+
+
+def _set(policies):
+    for layer, dtype_policy in policies:
+        layer.dtype_policy = dtype_policy
 
 
 def start_loss_scale(state, name):

@@ -6,30 +6,57 @@ write the complete record: the epoch reached, the shuffle seed of the run (each 
 permutation is a pure function of it), and the built-in callbacks' state.
 """
 
+import math
+import numbers
 import os
 import shutil
 import tempfile
+import weakref
 
 from exburn_tf import checkpoint as checkpoint_lib
+from exburn_tf import checkpoint_dir as folder
 
 KEEP_LAST = 3
 
+# Options that fix the data position of every step: a resume must not change them.
+_POSITION_OPTIONS = ("batch_size", "accumulate_gradients", "shuffle", "num_samples",
+                     "num_batches")
+
 
 class RunContext:
-    """The Python-side state of one `fit` run."""
+    """The Python-side state of one `fit` run.
 
-    def __init__(self, seed, callbacks, options, chief=True):
+    Args:
+        seed: the run's shuffle seed.
+        callbacks: the run's `CallbackList`.
+        options: the run's `FitOptions`.
+        chief: whether this worker writes files.
+        data: the run's `TrainData` (its `num_samples` / `num_batches`, None if unknown).
+    """
+
+    def __init__(self, seed, callbacks, options, chief=True, data=None):
         self.seed = seed
+        self.requested_seed = options.seed
         self.chief = chief
         self.callbacks = callbacks
+        # Weakly: the model keeps its run context after fit, not the training data.
+        self._data = weakref.ref(data) if data is not None else lambda: None
         self.epoch = 0
         self._deferred = []
         self.deferring = False  # True while fit runs the callbacks of an epoch
-        self.signature = {
+        self._options = {
             "epochs": options.epochs, "batch_size": options.batch_size,
             "accumulate_gradients": options.accumulate_gradients, "shuffle": options.shuffle,
             "lr_schedule": repr(options.lr_schedule), "warmup": options.warmup,
         }
+
+    @property
+    def signature(self):
+        """The options of the run, with the data length as known now."""
+        data = self._data()
+        return {**self._options,
+                "num_samples": getattr(data, "num_samples", None),
+                "num_batches": getattr(data, "num_batches", None)}
 
     def checkpoint_record(self):
         """(JSON meta, extra arrays) for `checkpoint.write`."""
@@ -53,8 +80,43 @@ class RunContext:
         for action in actions:
             action(model)
 
+    def check_record(self, path, meta):
+        """Checks a checkpoint's run record against this run; changes nothing.
+
+        Rules: the callbacks' saved state has the shape of their state now (same
+        callbacks, same keys, same kinds of value); the options that fix the data position
+        (`_POSITION_OPTIONS`, and the shuffle seed when `fit(seed=...)` was given) equal
+        the saved ones. `epochs`, `lr_schedule` and `warmup` may change: a larger
+        `epochs` extends the run; the rate is a function of the step, so a new schedule
+        applies from the resumed step on.
+
+        Raises:
+            ValueError: naming the option (or callback), the saved and the new value.
+        """
+        if "callbacks" in meta:
+            _check_callback_state(path, meta["callbacks"], self.callbacks.state())
+        if "fit" in meta:
+            self._check_options(path, meta["fit"], meta.get("run_seed"))
+
+    def _check_options(self, path, saved, saved_seed):
+        current = self.signature
+        for name in _POSITION_OPTIONS:
+            before, now = saved.get(name), current[name]
+            if before is not None and now is not None and before != now:
+                raise ValueError(
+                    f"resume: {name} changed: checkpoint {path!r} was written with "
+                    f"{name}={before!r}, this fit has {name}={now!r}; resume with the same "
+                    f"{name}, or start a new run in another checkpoint_dir")
+        if saved.get("shuffle") and saved_seed is not None and \
+                self.requested_seed is not None and self.requested_seed != saved_seed:
+            raise ValueError(
+                f"resume: seed changed: checkpoint {path!r} was written with "
+                f"seed={saved_seed!r} (the shuffle seed), this fit has "
+                f"seed={self.requested_seed!r}; resume with the same seed, or seed=None to "
+                "take the saved one")
+
     def restore_record(self, meta):
-        """Takes back the run state of a checkpoint (after `on_train_begin` reset).
+        """Takes back the run state of a checkpoint checked by `check_record`.
 
         A checkpoint saved outside `fit` (no run record) restores the weights only.
         """
@@ -62,9 +124,74 @@ class RunContext:
         self.epoch = meta.get("epoch", 0)
         if "callbacks" in meta:
             self.callbacks.load_state(meta["callbacks"])
-        for callback, arrays in zip(self.callbacks, meta.get("extra_arrays", [])):
+        for callback, arrays in zip(self.callbacks, meta["extra_arrays"]):
             if arrays is not None and hasattr(callback, "best_weights"):
                 callback.best_weights = [a.copy() for a in arrays]
+
+    def resume(self, model, directory):
+        """Restores the newest intact checkpoint of `directory` into `model` and this run.
+
+        Returns:
+            The first epoch to train (past `epochs` when the run had stopped early), or
+            None when `directory` holds no checkpoint.
+        """
+        def attempt(path):
+            return checkpoint_lib.restore(model, path,
+                                          check=lambda meta: self.check_record(path, meta))
+
+        path, meta = checkpoint_lib.newest_intact(directory, attempt)
+        if path is None:
+            return None
+        self.restore_record(meta)
+        history = meta["history"] or [{}]
+        if history[-1].get("stop_training"):
+            return self._options["epochs"] + 1  # the run had stopped (early stopping): over
+        return self.epoch + 1
+
+
+def _check_callback_state(path, saved, current):
+    """Saved callback state must match `current` (the same callbacks' state now) in shape."""
+    saved_classes = {index: entry["class"] for index, entry in saved.items()}
+    current_classes = {index: entry["class"] for index, entry in current.items()}
+    if saved_classes != current_classes:
+        raise ValueError(
+            f"checkpoint {path!r}: the callback state does not match the callbacks: saved "
+            f"{saved_classes}, callbacks now {current_classes}")
+    for index, entry in saved.items():
+        where = f"meta.json field 'callbacks' [{index!r}] ({entry['class']})"
+        _check_like(path, where, entry["state"], current[index]["state"])
+
+
+def _check_like(path, where, state, template):
+    """`state` must have the shape of `template`: for a dict the same keys, each value of
+    the same kind (`_same_kind`); otherwise a value of the same kind."""
+    if not isinstance(template, dict):
+        if not _same_kind(state, template):
+            raise checkpoint_lib.CorruptCheckpointError(
+                f"checkpoint {path!r}: {where} state must be like {template!r}, got {state!r}")
+        return
+    if not isinstance(state, dict) or set(state) != set(template):
+        keys = sorted(state) if isinstance(state, dict) else state
+        raise checkpoint_lib.CorruptCheckpointError(
+            f"checkpoint {path!r}: {where} has the state {keys!r}, expected the keys "
+            f"{sorted(template)}")
+    for key, value in state.items():
+        if not _same_kind(value, template[key]):
+            raise checkpoint_lib.CorruptCheckpointError(
+                f"checkpoint {path!r}: {where} state {key!r} must be like "
+                f"{template[key]!r}, got {value!r}")
+
+
+def _same_kind(value, template):
+    """Integer counters stay integers >= 0; a float or unset (None) value, e.g. a best
+    score, may be any number or None; other values keep their JSON type."""
+    if isinstance(template, bool) or isinstance(value, bool):
+        return type(value) is type(template)
+    if isinstance(template, int):
+        return isinstance(value, int) and 0 <= value <= checkpoint_lib.meta_lib.INT_MAX
+    if template is None or isinstance(template, float):
+        return value is None or (isinstance(value, numbers.Real) and not math.isnan(value))
+    return type(value) is type(template)
 
 
 def is_chief(strategy):
@@ -82,8 +209,14 @@ def is_chief(strategy):
 class EpochCheckpoints:
     """`fit(checkpoint_dir=..., checkpoint_every=n)`: a checkpoint every n epochs.
 
-    Every worker writes (tf.distribute saving may need all of them); non-chief workers
-    write to a private temporary directory that is removed straight away.
+    The chief checks the folder is writable and takes its run lock when the fit starts,
+    and holds the lock for the run (released when this object goes, or the process
+    dies), so that an unusable or shared folder is an error before any training. Every
+    worker writes (tf.distribute saving may need all of them); non-chief workers write
+    to a private temporary directory that is removed straight away, and do not lock.
+
+    Raises:
+        CheckpointDirError: the folder cannot be written, or another live run uses it.
     """
 
     def __init__(self, directory, every, chief=True, keep=KEEP_LAST):
@@ -91,6 +224,10 @@ class EpochCheckpoints:
         self.every = every
         self.chief = chief
         self.keep = keep
+        self.lock = None
+        if chief:
+            folder.check_writable(self.directory)
+            self.lock = folder.lock(self.directory)
 
     def maybe_save(self, model, epoch, last):
         if epoch % self.every and not last:

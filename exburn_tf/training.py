@@ -18,7 +18,6 @@ import tensorflow as tf
 from exburn_tf import cache as cache_lib
 from exburn_tf import callbacks as callbacks_lib
 from exburn_tf import data as data_lib
-from exburn_tf import checkpoint as checkpoint_lib
 from exburn_tf import gradients as gradients_lib
 from exburn_tf import mixed_precision
 from exburn_tf import schedules as schedules_lib
@@ -86,7 +85,8 @@ class _Fit:
             callbacks.append(callbacks_lib.TensorBoard(opts.tensorboard))
         self.callbacks = callbacks_lib.CallbackList(callbacks)
         self.progress = callbacks_lib.Progress(verbose=opts.verbose and self.chief)
-        self.context = RunContext(self.train.seed, self.callbacks, opts, chief=self.chief)
+        self.context = RunContext(self.train.seed, self.callbacks, opts, chief=self.chief,
+                                  data=self.train)
         self.checkpoints = None
         if opts.checkpoint_dir is not None:
             self.checkpoints = EpochCheckpoints(opts.checkpoint_dir, opts.checkpoint_every,
@@ -177,17 +177,16 @@ class _Fit:
         return 1
 
     def _resume(self):
-        """Restores the newest checkpoint of `checkpoint_dir`; returns the next epoch."""
-        path = checkpoint_lib.latest(self.opts.checkpoint_dir)
-        if path is None:
+        """Restores the newest intact checkpoint of `checkpoint_dir`; returns the next epoch.
+
+        Everything in the checkpoint, and the run's options against it, is checked
+        before any variable or callback changes (`RunContext.resume`).
+        """
+        first_epoch = self.context.resume(self.model, self.opts.checkpoint_dir)
+        if first_epoch is None:
             return self._start()
-        # The callback state is checked (and taken) before any variable is assigned.
-        meta = checkpoint_lib.restore(self.model, path, check=self.context.restore_record)
         self.train.seed = self.context.seed
-        history = meta.get("history") or [{}]
-        if history[-1].get("stop_training"):
-            return self.opts.epochs + 1  # the run had stopped (early stopping): it is over
-        return meta.get("epoch", 0) + 1
+        return first_epoch
 
     def _epoch(self, epoch, started):
         """Trains one epoch, validates, runs callbacks and progress; returns the dict."""

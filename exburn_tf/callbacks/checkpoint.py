@@ -42,6 +42,22 @@ class Checkpoint:
     def reset(self):
         self.best = None
         self.last_path = None
+        self._lock = None
+
+    def on_train_begin(self, model):
+        """Checks the folder is writable and takes its run lock for the run (chief only).
+
+        Raises:
+            CheckpointDirError: the folder cannot be written, or another live run uses it.
+        """
+        from exburn_tf import checkpoint_dir as folder
+        if getattr(getattr(model, "run_context", None), "chief", True):
+            folder.check_writable(self.directory, what="Checkpoint directory")
+            self._lock = folder.lock(self.directory, what="Checkpoint directory")
+
+    def on_train_end(self, model):
+        """Releases the run lock."""
+        self._lock = None
 
     def _improved(self, value):
         larger = self.mode == "max" or (self.mode == "auto" and "acc" in self.monitor)
