@@ -197,7 +197,11 @@ class ForwardBackward:
                 lambda: total_loss(self.model, y, keras_model(x, training=False)), variables,
                 self.config.epsilon, self.config.grad_method)
             grads = [g * samples for g in mean_grads]
-        grads = [tf.zeros(v.shape, tf.float32) if g is None else tf.cast(g, tf.float32)
+        # Dense float32 gradients: sums over micro-batches and replicas, the pipeline and
+        # the `tf.cond`s of the step need one type (an Embedding's gradient comes back as
+        # `IndexedSlices`, whose duplicate rows must be summed before any norm anyway).
+        grads = [tf.zeros(v.shape, tf.float32) if g is None
+                 else tf.cast(tf.convert_to_tensor(g), tf.float32)
                  for g, v in zip(grads, variables)]
         return grads, objective, self._counts(y, predictions), samples
 

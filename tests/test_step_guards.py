@@ -113,3 +113,21 @@ def test_own_schedules_structure_ignores_their_numbers():
     custom = ScalarOnly(3, 0.1)
     key, keepalive = schedules_lib.structure(custom)
     assert key == ("object", id(custom)) and keepalive == (custom,)
+
+
+def test_a_model_with_an_embedding_trains():
+    """An Embedding's gradient is IndexedSlices; the step must take it (found by the
+    Transformer benchmark)."""
+    keras.utils.set_random_seed(0)
+    keras_model = keras.Sequential([keras.Input((8,), dtype="int32"),
+                                    keras.layers.Embedding(50, 16),
+                                    keras.layers.GlobalAveragePooling1D(),
+                                    keras.layers.Dense(3)])
+    model = eb.Model.compile(keras_model, loss="cross_entropy", optimizer="sgd",
+                             learning_rate=0.1)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 50, (32, 8)).astype("int32"), rng.integers(0, 3, 32)
+    for accumulate in (1, 2):
+        eb.fit(model, (x, y), epochs=1, batch_size=8, verbose=False,
+               accumulate_gradients=accumulate, clip_norm=1.0)
+        assert np.isfinite(model.history[-1]["loss"])
