@@ -14,10 +14,13 @@ import tempfile
 
 
 class Pool:
-    """`ask(contender, request)` -> the worker's JSON answer (a dict with "error" on failure)."""
+    """`ask(contender, request)` -> the worker's JSON answer (a dict with "error" on failure).
 
-    def __init__(self, worker_script):
-        self.worker_script = worker_script
+    A worker is `python WORKER_SCRIPT --contender NAME --serve EXTRA_ARGS...`.
+    """
+
+    def __init__(self, worker_script, extra_args=()):
+        self.worker_script, self.extra_args = worker_script, list(extra_args)
         self.workers = {}
 
     def __enter__(self):
@@ -30,7 +33,8 @@ class Pool:
         log = tempfile.TemporaryFile(prefix=f"peer_{contender}_")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
         process = subprocess.Popen(
-            [sys.executable, self.worker_script, "--contender", contender, "--serve"],
+            [sys.executable, self.worker_script, "--contender", contender, "--serve",
+             *self.extra_args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         self.workers[contender] = (process, log)
         return process

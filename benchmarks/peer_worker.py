@@ -130,29 +130,40 @@ class Worker:
                 "flops": bench_mfu.matmul_flops(size, 10)}
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    os.environ["KERAS_BACKEND"] = CONTENDERS[args.contender][0]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def results_stream():
+    """A stream on the real stdout, for results only; stdout itself then goes to stderr."""
     results = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray library prints -> stderr
-    worker = Worker(args.contender)
-    if not args.serve:
-        request = {"model": args.model, "batch": args.batch, "samples": args.samples,
-                   "epochs": args.epochs, "accumulate": args.accumulate}
-        worker.handle(request)  # warm-up: builds, traces, compiles
-        for _ in range(args.rounds):
-            results.write(json.dumps(worker.handle(request)) + "\n")
-        return 0
+    return results
+
+
+def serve(handle, contender, results):
+    """Answers each JSON request line on stdin with `handle(request)` as one JSON line."""
     for line in sys.stdin:
         if not line.strip():
             continue
         try:
-            answer = worker.handle(json.loads(line))
+            answer = handle(json.loads(line))
         except Exception as error:  # reported to the caller, which drops this contender
             traceback.print_exc()
-            answer = {"contender": args.contender, "error": f"{type(error).__name__}: {error}"}
+            answer = {"contender": contender, "error": f"{type(error).__name__}: {error}"}
         results.write(json.dumps(answer) + "\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ["KERAS_BACKEND"] = CONTENDERS[args.contender][0]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    results = results_stream()
+    worker = Worker(args.contender)
+    if args.serve:
+        serve(worker.handle, args.contender, results)
+        return 0
+    request = {"model": args.model, "batch": args.batch, "samples": args.samples,
+               "epochs": args.epochs, "accumulate": args.accumulate}
+    worker.handle(request)  # warm-up: builds, traces, compiles
+    for _ in range(args.rounds):
+        results.write(json.dumps(worker.handle(request)) + "\n")
     return 0
 
 
