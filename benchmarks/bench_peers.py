@@ -9,9 +9,12 @@ SGD 0.9, global-norm clip 1, coupled L2 added before the clip, cosine, accuracy.
 
 Models: the MLP 784-256-128-10 (16,384 synthetic samples; batch 32 and 1024), the MNIST-1D
 CNN of the main example (4,000 signals; batch 32 and 128), a Transformer encoder classifier
-(2 blocks, d_model 128, 4 heads, sequence 64, vocabulary 1,000; batch 32). Per group of
-contenders: a warm-up fit call each, then rounds in which every contender makes one whole
-fit call in turn (the order rotating), so load changes hit all; medians of samples/s.
+(2 blocks, d_model 128, 4 heads, sequence 64, vocabulary 1,000; 1,024 synthetic sequences;
+batch 32). Per group of contenders: a warm-up fit call each, then rounds in which every
+contender makes one whole fit call in turn (the order rotating), so load changes hit all;
+medians of samples/s. The accumulation group is eb alone (batch 64 x 4 against 256); the
+MFU target divides eb's MLP batch-1024 FLOP/s (6 x multiply-adds per sample) by a 2048²
+float32 `tf.matmul` timed in the same rounds, as bench_mfu.py does.
 
     python benchmarks/bench_peers.py                  # full (about 10 minutes on 2 cores)
     python benchmarks/bench_peers.py --quick          # smoke: fewer samples, 1 round
@@ -108,7 +111,7 @@ def run_group(pool, jobs, repeats):
             contender, request = jobs[label]
             answer = pool.ask(contender, request)
             if "error" in answer:
-                print(f"  {label}: {answer['error']} (dropped)", flush=True)
+                print(f"  {label} dropped from this group: {answer['error']}", flush=True)
                 del figures[label]
             elif round_index > 0:
                 figures[label].append(answer.get("samples_per_s", answer.get("flops")))

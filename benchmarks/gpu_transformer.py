@@ -223,7 +223,7 @@ def run_rounds(pool, contenders, repeats):
                 continue
             answer = pool.ask(name, {"fit": True})
             if "error" in answer:
-                print(f"  {name}: {answer['error']} (dropped)", flush=True)
+                print(f"  {name} dropped: {answer['error']}", flush=True)
                 del rates[name]
             elif round_index > 0:
                 rates[name].append(answer["tokens_per_s"])

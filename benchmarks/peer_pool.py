@@ -52,12 +52,9 @@ class Pool:
             return {"contender": contender,
                     "error": f"the worker died (exit {process.returncode}):\n"
                              + self.log_tail(contender)}
-        answer = json.loads(line)
-        if "error" in answer:
-            answer["error"] += "\n" + self.log_tail(contender)
-        return answer
+        return json.loads(line)  # an "error" answer carries the exception's own message
 
-    def log_tail(self, contender, characters=3000):
+    def log_tail(self, contender, characters=1500):
         # pread: the worker shares the file's offset and may still be writing to it.
         fd = self.workers[contender][1].fileno()
         size = os.fstat(fd).st_size
