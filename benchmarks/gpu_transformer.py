@@ -35,7 +35,7 @@ from peer_worker import results_stream, serve
 CONTENDERS = {"eb": "tensorflow", "keras_tf_xla": "tensorflow", "keras_jax": "jax"}
 SIZES = {
     "full": dict(layers=12, d_model=768, heads=12, sequence=1024, vocabulary=32_000,
-                 batch=8, steps=20),
+                 batch=16, steps=30),
     "tiny": dict(layers=2, d_model=64, heads=4, sequence=32, vocabulary=256, batch=4, steps=3),
 }
 LEARNING_RATE, CLIP_NORM = 3e-4, 1.0
