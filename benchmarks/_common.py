@@ -6,19 +6,17 @@ alike and the *ratio* is the figure to trust.
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 import exburn_tf as eb  # noqa: E402
+from _report import Report, machine  # noqa: E402,F401  (re-exported for the benchmarks)
 
 NUM_SAMPLES = 16_384
 INPUT_DIM, HIDDEN, NUM_CLASSES = 784, (256, 128), 10
@@ -232,61 +230,3 @@ def proc_status_kib(field):
     except OSError:
         pass
     return None
-
-
-# -- reporting --------------------------------------------------------------------------
-
-def machine():
-    """A one-line description of the machine and the library versions."""
-    model_name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    model_name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    return (f"{model_name}, {os.cpu_count()} logical CPUs (load average {load}); "
-            f"TensorFlow {tf.__version__}, Keras {keras.__version__}, exburn_tf {eb.__version__}")
-
-
-class Report:
-    """Rows of figures, each with an optional ratio against a target (PASS / MISS)."""
-
-    def __init__(self, title):
-        self.title = title
-        self.rows = []
-
-    def add(self, name, figure, ratio=None, target=None, at_most=False):
-        """`figure` is text; `ratio` and `target` numbers (a target needs a ratio).
-
-        The ratio passes when it is >= target, or <= target with `at_most=True`.
-        """
-        verdict = ""
-        if target is not None:
-            verdict = "PASS" if (ratio <= target if at_most else ratio >= target) else "MISS"
-        self.rows.append({"name": name, "figure": figure, "ratio": ratio, "target": target,
-                          "at_most": at_most, "verdict": verdict})
-
-    def print(self):
-        print(f"\n## {self.title}\n{machine()}\n")
-        header = ("measure", "figure (median)", "ratio", "target", "")
-        table = [header] + [
-            (row["name"], row["figure"],
-             "" if row["ratio"] is None else f"{row['ratio']:.2f}",
-             "" if row["target"] is None else
-             f"{'<=' if row['at_most'] else '>='} {row['target']:.2f}", row["verdict"])
-            for row in self.rows]
-        widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-        for index, line in enumerate(table):
-            print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
-            if index == 0:
-                print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-
-    def write_json(self, path):
-        if path:
-            with open(path, "w") as out:
-                json.dump({"title": self.title, "machine": machine(), "rows": self.rows},
-                          out, indent=2)
