@@ -8,6 +8,7 @@ Validation runs once on the host, before any variable changes; the batches come 
 `tf.data`, so the arrays stay in host memory and each batch is copied to the device only when
 the step consumes it.
 """
+import math
 import numbers
 
 import numpy as np
@@ -129,12 +130,68 @@ def unpack(data, name="data"):
         TypeError: `data` is not a tuple or list.
         ValueError: `data` does not have exactly two elements.
     """
-    expected = f"{name} must be an (x, y) pair or a tf.data.Dataset of (x, y) batches"
+    x, y, sample_weight = unpack_weighted(data, name)
+    if sample_weight is not None:
+        raise ValueError(f"{name}: sample weights are not taken here; got an "
+                         "(x, y, sample_weight) triple")
+    return x, y
+
+
+def unpack_weighted(data, name="data"):
+    """Split an `(x, y)` pair or an `(x, y, sample_weight)` triple; returns (x, y, w|None)."""
+    expected = (f"{name} must be an (x, y) pair, an (x, y, sample_weight) triple or a "
+                "tf.data.Dataset of such batches")
     if not isinstance(data, (tuple, list)):
         raise TypeError(f"{expected}, got {type(data)}")
-    if len(data) != 2:
+    if len(data) not in (2, 3):
         raise ValueError(f"{expected}, got a {type(data).__name__} of length {len(data)}")
-    return data[0], data[1]
+    return data[0], data[1], (data[2] if len(data) == 3 else None)
+
+
+def validate_weights(sample_weight, count, name):
+    """Sample weights as a float32 (N,) array: finite, >= 0, one per sample."""
+    weights = _as_numeric(sample_weight, "sample_weight", name).astype(np.float32)
+    if weights.ndim == 2 and weights.shape[1] == 1:
+        weights = weights[:, 0]
+    if weights.ndim != 1 or len(weights) != count:
+        raise ValueError(f"{name}: sample_weight must have one weight per sample ({count}), "
+                         f"got shape {weights.shape}")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError(f"{name}: sample_weight must be finite and >= 0")
+    return weights
+
+
+def class_weights_for(labels, class_weight, name):
+    """Each sample's `class_weight[label]` (Keras' rule), for integer or one-hot labels."""
+    if not isinstance(class_weight, dict) or not class_weight:
+        raise TypeError(f"class_weight must be a non-empty dict class id -> weight, got "
+                        f"{class_weight!r}")
+    if tf.nest.is_nested(labels):
+        raise ValueError("class_weight is only supported for models with a single output; "
+                         "use sample_weight for several outputs")
+    labels = np.asarray(labels)
+    ids = np.argmax(labels, axis=-1) if labels.ndim == 2 and labels.shape[1] > 1 else \
+        labels.reshape(len(labels), -1)[:, 0]
+    missing = sorted({int(i) for i in np.unique(ids)} - {int(k) for k in class_weight})
+    if missing:
+        raise ValueError(f"{name}: class_weight has no weight for class(es) {missing[:5]}")
+    table = {int(k): float(v) for k, v in class_weight.items()}
+    return np.array([table[int(i)] for i in ids], np.float32)
+
+
+def split_validation(arrays, fraction):
+    """Keras' `validation_split`: the last `fraction` of the samples, before shuffling.
+
+    Returns (training arrays, validation arrays), each a tuple like `arrays`.
+    """
+    n = num_samples(arrays[0])
+    cut = int(math.floor(n * (1.0 - fraction)))  # Keras' rounding: the split gets the rest
+    if cut in (0, n):
+        raise ValueError(f"validation_split={fraction} leaves "
+                         f"{'no validation' if cut == n else 'no training'} samples of {n}")
+    train = tf.nest.map_structure(lambda a: a[:cut], arrays)
+    validation = tf.nest.map_structure(lambda a: a[cut:], arrays)
+    return train, validation
 
 
 def num_samples(x):
@@ -238,8 +295,14 @@ def batched(data, batch_size, name="data"):
     """(x, y) arrays -> an unshuffled batched dataset; a `tf.data.Dataset` passes through."""
     if isinstance(data, tf.data.Dataset):
         return data
-    x, y = validate_arrays(*unpack(data, name), name=name)
-    return make_dataset(x, y, batch_size, shuffle=False, seed=None)
+    x, y, weights = unpack_weighted(data, name)
+    x, y = validate_arrays(x, y, name=name)
+    if weights is None:
+        return make_dataset(x, y, batch_size, shuffle=False, seed=None)
+    weights = validate_weights(weights, num_samples(x), name)
+    with tf.device("/cpu:0"):
+        dataset = tf.data.Dataset.from_tensor_slices((x, y, weights))
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 class TrainData:
@@ -250,26 +313,57 @@ class TrainData:
     and shuffling); its length is taken from its cardinality, or learnt after one epoch.
     """
 
-    def __init__(self, data, batch_size, shuffle, seed):
+    def __init__(self, data, batch_size, shuffle, seed, sample_weight=None,
+                 class_weight=None, validation_split=0.0, steps_per_epoch=None):
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.steps_per_epoch_option = steps_per_epoch
+        self.validation_arrays = None
         if isinstance(data, tf.data.Dataset):
-            check_element_spec(data, "data")
-            self.arrays = None
-            self.source = data
-            cardinality = int(data.cardinality())
-            self.num_batches = cardinality if cardinality >= 0 else None
-            self.num_samples = None
-            if cardinality == 0:
-                raise ValueError("data is empty: the tf.data.Dataset has no batches")
-            if cardinality == tf.data.INFINITE_CARDINALITY:
-                raise ValueError(
-                    "data: the tf.data.Dataset is infinite (e.g. .repeat() without a count), "
-                    "so an epoch would never end; give it a length with .take(n) or "
-                    ".repeat(count)")
+            self._init_dataset(data, sample_weight, class_weight, validation_split)
         else:
-            self.arrays = validate_arrays(*unpack(data, "data"))
-            self.num_samples = num_samples(self.arrays[0])
-            self.num_batches = num_batches(self.num_samples, batch_size)
+            self._init_arrays(data, sample_weight, class_weight, validation_split)
+
+    def _init_dataset(self, data, sample_weight, class_weight, validation_split):
+        check_element_spec(data, "data")
+        for option, value in (("sample_weight", sample_weight),
+                              ("validation_split", validation_split or None)):
+            if value is not None:
+                raise ValueError(f"{option} needs array data; with a tf.data.Dataset put the "
+                                 "weights in its elements / pass validation_data")
+        if class_weight is not None:
+            data = _with_class_weights(data, class_weight)
+        self.arrays = None
+        self.source = data
+        cardinality = int(data.cardinality())
+        self.num_batches = cardinality if cardinality >= 0 else None
+        self.num_samples = None
+        if cardinality == 0:
+            raise ValueError("data is empty: the tf.data.Dataset has no batches")
+        if cardinality == tf.data.INFINITE_CARDINALITY and self.steps_per_epoch_option is None:
+            raise ValueError(
+                "data: the tf.data.Dataset is infinite (e.g. .repeat() without a count), so "
+                "an epoch would never end; pass steps_per_epoch=..., or give it a length "
+                "with .take(n) or .repeat(count)")
+
+    def _init_arrays(self, data, sample_weight, class_weight, validation_split):
+        x, y, weights = unpack_weighted(data, "data")
+        if weights is not None and sample_weight is not None:
+            raise ValueError("sample_weight was given twice: in the data triple and as "
+                             "sample_weight=")
+        x, y = validate_arrays(x, y)
+        count = num_samples(x)
+        weights = weights if weights is not None else sample_weight
+        if weights is not None:
+            weights = validate_weights(weights, count, "data")
+        if class_weight is not None:
+            by_class = class_weights_for(y, class_weight, "data")
+            weights = by_class if weights is None else weights * by_class
+        self.arrays = (x, y) if weights is None else (x, y, weights)
+        if validation_split:
+            self.arrays, self.validation_arrays = split_validation(self.arrays,
+                                                                   validation_split)
+        self.num_samples = num_samples(self.arrays[0])
+        self.num_batches = num_batches(self.num_samples, self.batch_size)
 
     def dataset(self, epoch):
         """The batches of `epoch` (1-based)."""
@@ -311,10 +405,21 @@ class TrainData:
                 .prefetch(tf.data.AUTOTUNE))
 
     def steps_per_epoch(self, accumulate):
-        """Optimizer steps per epoch, ceil(batches / k); None while unknown."""
+        """Optimizer steps per epoch: `steps_per_epoch` if given, else ceil(batches / k);
+        None while unknown."""
+        if self.steps_per_epoch_option is not None:
+            return self.steps_per_epoch_option
         if self.num_batches is None:
             return None
         return -(-self.num_batches // accumulate)
+
+    def passes_for(self, epochs, accumulate):
+        """Array passes one fit of `epochs` epochs reads (more than `epochs` only when
+        `steps_per_epoch` asks for more batches an epoch than a pass holds)."""
+        if self.steps_per_epoch_option is None:
+            return epochs
+        wanted = self.steps_per_epoch_option * accumulate * epochs
+        return -(-wanted // self.num_batches)
 
     def count_batches(self):
         """Counts the batches of a dataset of unknown length with one pass over it.
@@ -334,7 +439,7 @@ class TrainData:
             self.num_samples = samples
 
     def first_batch(self):
-        """A small (x, y) batch for checks before training."""
+        """A small (x, y[, sample_weight]) batch for checks before training."""
         if self.arrays is None:
             first = next(iter(self.source.take(1)), None)
             if first is None:  # a dataset of unknown length (e.g. filtered) can be empty
@@ -347,10 +452,32 @@ class TrainData:
 
         Array labels are all checked; of a `tf.data.Dataset`, the first batch's.
         """
-        x, y = self.first_batch()
+        x, y, *weights = self.first_batch()
         predictions = checked_forward(model, x, "data")
         check_labels(model, y if self.arrays is None else self.arrays[1], predictions, "data")
-        checked_loss(model, y, predictions, "data")
+        checked_loss(model, y, predictions, "data", weighted=bool(weights))
+
+
+def _with_class_weights(dataset, class_weight):
+    """Keras' `class_weight` on a tf.data dataset: each sample's weight × its class's."""
+    if not isinstance(class_weight, dict) or not class_weight:
+        raise TypeError(f"class_weight must be a non-empty dict class id -> weight, got "
+                        f"{class_weight!r}")
+    size = max(int(k) for k in class_weight) + 1
+    table = np.zeros(size, np.float32)
+    for key, value in class_weight.items():
+        table[int(key)] = float(value)
+    table = tf.constant(table)
+
+    def weigh(x, y, sample_weight=None):
+        ids = tf.argmax(y, axis=-1) if y.shape.rank == 2 and y.shape[-1] != 1 else \
+            tf.reshape(tf.cast(y, tf.int64), [tf.shape(y)[0], -1])[:, 0]
+        weights = tf.gather(table, ids)
+        if sample_weight is not None:
+            weights = weights * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        return x, y, weights
+
+    return dataset.map(weigh)
 
 
 def checked_forward(model, x, name):
@@ -371,8 +498,18 @@ def _shapes(value):
     return tf.nest.map_structure(lambda t: tuple(np.shape(t)), value)
 
 
-def checked_loss(model, y, predictions, name):
-    """The loss on one batch; a failure or a non-scalar becomes a ValueError."""
+def checked_loss(model, y, predictions, name, weighted=False):
+    """The loss on one batch; a failure or a non-scalar becomes a ValueError.
+
+    Also builds the model's compiled metrics (their variables) for these shapes, eagerly,
+    before any trace; `weighted`: the data has sample weights, which the loss must take.
+    """
+    from exburn_tf import losses as losses_lib
+    if weighted and not losses_lib.takes_sample_weight(model.loss):
+        raise TypeError(f"{name} has sample weights (sample_weight, class_weight or a "
+                        "triple), but the loss does not take a sample_weight argument")
+    if model.metrics is not None:
+        model.metrics.build(y, predictions)
     try:
         loss = model.loss(y, predictions)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
@@ -403,11 +540,11 @@ def check_batch(model, x, y, name):
 
 
 def check_element_spec(dataset, name):
-    """Raises ValueError unless `dataset` yields (x, y) pairs."""
+    """Raises ValueError unless `dataset` yields (x, y) or (x, y, sample_weight)."""
     spec = dataset.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2):
-        raise ValueError(f"{name}: a tf.data.Dataset must yield (x, y) batches, got "
-                         f"elements {spec}")
+    if not (isinstance(spec, tuple) and len(spec) in (2, 3)):
+        raise ValueError(f"{name}: a tf.data.Dataset must yield (x, y) or "
+                         f"(x, y, sample_weight) batches, got elements {spec}")
 
 
 def check_dataset_against(model, dataset, name, labels=None):
@@ -421,10 +558,10 @@ def check_dataset_against(model, dataset, name, labels=None):
     first = next(iter(dataset.take(1)), None)
     if first is None:
         raise ValueError(f"{name} is empty: the tf.data.Dataset has no batches")
-    x, y = first
+    x, y, *weights = first
     predictions = checked_forward(model, x, name)
     check_labels(model, y if labels is None else labels, predictions, name)
-    checked_loss(model, y, predictions, name)
+    checked_loss(model, y, predictions, name, weighted=bool(weights))
 
 
 def op_error_message(error):

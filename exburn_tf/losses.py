@@ -11,11 +11,13 @@ Predictions are cast to float32 first: a mixed-precision model's float16 / bfloa
 are reduced in full precision. Shapes are checked at trace time, so a mismatch is a
 ``ValueError`` naming both shapes, never a silent broadcast.
 """
+import inspect
 import numbers
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.losses.losses import LossFunctionWrapper
 
 PROBABILITY_EPSILON = 1e-7
 
@@ -36,7 +38,22 @@ _KERAS_CATEGORICAL_LOSSES = (
 )
 
 
-def cross_entropy(y_true, y_pred):
+def _reduce(per_element, sample_weight):
+    """The batch mean, or with weights Keras' `sum_over_batch_size`: sum(w · l) / B.
+
+    `per_element` is (B, ...); each sample's value is the mean over its other axes.
+    """
+    if sample_weight is None:
+        return tf.reduce_mean(per_element)
+    per_sample = per_element
+    if per_element.shape.rank > 1:
+        per_sample = tf.reduce_mean(per_element, axis=list(range(1, per_element.shape.rank)))
+    weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+    return tf.math.divide_no_nan(tf.reduce_sum(per_sample * weights),
+                                 tf.cast(tf.size(weights), tf.float32))
+
+
+def cross_entropy(y_true, y_pred, sample_weight=None):
     """Softmax cross-entropy of logits, mean over the batch (and over positions for rank 3).
 
     `loss = mean(-sum(onehot(y_true) * log_softmax(y_pred), axis=-1))`
@@ -58,10 +75,10 @@ def cross_entropy(y_true, y_pred):
     else:
         targets = _match_shapes("cross_entropy", tf.cast(y_true, tf.float32), logits)
         per_position = -tf.reduce_sum(targets * tf.nn.log_softmax(logits), axis=-1)
-    return tf.reduce_mean(per_position)
+    return _reduce(per_position, sample_weight)
 
 
-def mse(y_true, y_pred):
+def mse(y_true, y_pred, sample_weight=None):
     """Mean squared error over all elements: `mean((y_pred - y_true) ** 2)`.
 
     Args:
@@ -76,10 +93,10 @@ def mse(y_true, y_pred):
     """
     predictions = tf.cast(y_pred, tf.float32)
     targets = _match_shapes("mse", tf.cast(y_true, tf.float32), predictions)
-    return tf.reduce_mean(tf.square(predictions - targets))
+    return _reduce(tf.square(predictions - targets), sample_weight)
 
 
-def binary_cross_entropy(y_true, y_pred, from_logits=False):
+def binary_cross_entropy(y_true, y_pred, from_logits=False, sample_weight=None):
     """Binary cross-entropy, mean over all elements.
 
     `p = clip(y_pred, 1e-7, 1 - 1e-7); loss = mean(-(y * log(p) + (1 - y) * log(1 - p)))`;
@@ -100,15 +117,15 @@ def binary_cross_entropy(y_true, y_pred, from_logits=False):
     else:
         p = tf.clip_by_value(predictions, PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
         per_element = -(targets * tf.math.log(p) + (1.0 - targets) * tf.math.log(1.0 - p))
-    return tf.reduce_mean(per_element)
+    return _reduce(per_element, sample_weight)
 
 
-def binary_cross_entropy_from_logits(y_true, y_pred):
+def binary_cross_entropy_from_logits(y_true, y_pred, sample_weight=None):
     """`binary_cross_entropy(y_true, y_pred, from_logits=True)`, as a named loss."""
-    return binary_cross_entropy(y_true, y_pred, from_logits=True)
+    return binary_cross_entropy(y_true, y_pred, from_logits=True, sample_weight=sample_weight)
 
 
-_BY_NAME = {
+OWN = _BY_NAME = {
     "cross_entropy": cross_entropy,
     "mse": mse,
     "binary_cross_entropy": binary_cross_entropy,
@@ -128,19 +145,39 @@ def get(identifier):
       The loss callable.
     """
     if isinstance(identifier, str):
-        if identifier not in _BY_NAME:
+        if identifier in _BY_NAME:
+            return _BY_NAME[identifier]
+        try:  # Keras' own names ("sparse_categorical_crossentropy", "huber", ...)
+            function = keras.losses.get(identifier)
+        except (ValueError, TypeError):
+            function = None
+        if function is not None:
+            # Keras' functions return one value per sample; its compile reduces them as
+            # `sum_over_batch_size`, which this wrapper does too.
+            return LossFunctionWrapper(function, name=identifier)
+        else:
             expected = ", ".join(repr(name) for name in _BY_NAME)
             raise ValueError(
-                f"Unknown loss: {identifier!r}. Expected one of {expected}, a keras.losses.Loss "
-                "or a callable (y_true, y_pred) -> scalar."
-            )
-        return _BY_NAME[identifier]
+                f"Unknown loss: {identifier!r}. Expected one of {expected}, a Keras loss name, "
+                "a keras.losses.Loss or a callable (y_true, y_pred) -> scalar."
+            ) from None
     if callable(identifier):
         return identifier
     raise TypeError(
         "loss must be a name, a keras.losses.Loss or a callable (y_true, y_pred) -> scalar, "
         f"got {identifier!r}"
     )
+
+
+def takes_sample_weight(loss):
+    """Whether `loss(y_true, y_pred, sample_weight=...)` is accepted."""
+    if isinstance(loss, keras.losses.Loss) or loss in _BY_NAME.values():
+        return True
+    try:
+        parameters = inspect.signature(loss).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "sample_weight" or p.kind == p.VAR_KEYWORD for p in parameters)
 
 
 def count_correct(loss, y_true, y_pred):

@@ -32,21 +32,44 @@ def unscaled(value):
     return keras_loss_module.unscale_loss_for_distribution(value)
 
 
-class KerasLoss:
+class _ExburnLeaf(keras.losses.Loss):
+    """One of exburn_tf's losses as a Keras `Loss` leaf: scaled for distribution like
+    Keras' own leaves, so a `KerasLoss` total is unscaled once, uniformly."""
+
+    def __init__(self, function):
+        super().__init__(name=function.__name__)
+        self.function = function
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return keras_loss_module.scale_loss_for_distribution(
+            self.function(y_true, y_pred, sample_weight=sample_weight))
+
+
+def keras_leaf(loss, own_losses):
+    """A loss of a per-output structure, as Keras' `CompileLoss` takes it."""
+    if isinstance(loss, str) and loss in own_losses:
+        return _ExburnLeaf(own_losses[loss])
+    if loss in own_losses.values():
+        return _ExburnLeaf(loss)
+    return loss
+
+
+class KerasLoss(keras.losses.Loss):
     """A loss per output (dict by output name, or list), weighted by `loss_weights`.
 
     Called as `(y_true, y_pred, sample_weight=None) -> scalar`, the total Keras reports
     as `loss`; each output's own loss is tracked under Keras' name `<output>_loss`.
     """
 
-    def __init__(self, loss, loss_weights, output_names, resolve):
-        leaves = keras.tree.map_structure(resolve, loss)
+    def __init__(self, loss, loss_weights, output_names, own_losses):
+        super().__init__(name="loss")
+        leaves = keras.tree.map_structure(lambda leaf: keras_leaf(leaf, own_losses), loss)
         self.config = {"loss": loss, "loss_weights": loss_weights}
         self._compiled = compile_utils.CompileLoss(leaves, loss_weights,
                                                    output_names=output_names)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        return unscaled(self._compiled(y_true, y_pred, sample_weight))
+        return self._compiled(y_true, y_pred, sample_weight)
 
     @property
     def trackers(self):
@@ -57,11 +80,15 @@ class KerasLoss:
 class Metrics:
     """The metrics given to `compile`, as Keras' `CompileMetrics` builds them."""
 
-    def __init__(self, metrics, weighted_metrics, output_names, extra_trackers=()):
+    def __init__(self, metrics, weighted_metrics, output_names, loss=None):
         self.config = {"metrics": metrics, "weighted_metrics": weighted_metrics}
         self._compiled = compile_utils.CompileMetrics(metrics, weighted_metrics,
                                                       output_names=output_names)
-        self._extra = list(extra_trackers)
+        self._loss = loss  # a KerasLoss: its per-output trackers exist once it is built
+
+    @property
+    def _extra(self):
+        return list(getattr(self._loss, "trackers", []))
 
     @property
     def built(self):
@@ -93,7 +120,7 @@ class Metrics:
         if self._compiled.built:
             for name, value in self._compiled.result().items():
                 out[name] = float(np.asarray(value))
+        self.last_names = tuple(out)
         return out
 
-    def names(self):
-        return list(self.results())
+    last_names = ()  # the Keras names of the last `results()`, without reading again

@@ -24,9 +24,10 @@ class Model:
         state: the step counters, epoch and learning-rate scale (`TrainingState`).
     """
 
-    def __init__(self, keras_model, loss, optimizer, weight_decay=0.0, seed=None):
+    def __init__(self, keras_model, loss, optimizer, weight_decay=0.0, seed=None, metrics=None):
         self.keras_model = keras_model
         self.loss = loss
+        self.metrics = metrics
         self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.seed = seed
@@ -35,7 +36,8 @@ class Model:
 
     @classmethod
     def compile(cls, keras_model, *, loss, optimizer="adam", learning_rate=1e-3,
-                weight_decay=0.0, seed=None, **optimizer_options):
+                weight_decay=0.0, seed=None, metrics=None, loss_weights=None,
+                weighted_metrics=None, **optimizer_options):
         """Wraps a built Keras model with a loss and an optimizer (ExBurn's `Model.compile`).
 
         Args:
@@ -47,6 +49,10 @@ class Model:
                 instance, which keeps its own.
             weight_decay: default coupled L2 coefficient for `fit` (default 0.0).
             seed: default shuffle seed for `fit` (default None).
+            metrics: as Keras' `compile` takes them (names, `keras.metrics` objects, a
+                dict / list per output); updated inside the compiled step.
+            loss_weights: a float, or a dict / list per output, as in Keras.
+            weighted_metrics: metrics weighted by the sample weights, as in Keras.
             **optimizer_options: hyper-parameters of a named optimizer (momentum, beta_1, ...).
 
         Returns:
@@ -63,7 +69,9 @@ class Model:
         weight_decay = check_number("weight_decay", weight_decay, minimum=0.0)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an integer or None, got {seed!r}")
-        loss_fn = losses_lib.get(loss)
+        output_names = list(getattr(keras_model, "output_names", None) or [])
+        loss_fn = _loss(loss, loss_weights, output_names)
+        metrics_set = _metrics(metrics, weighted_metrics, output_names, loss_fn)
         if isinstance(optimizer, keras.optimizers.Optimizer):
             if optimizer_options:
                 raise ValueError(
@@ -75,7 +83,8 @@ class Model:
         # Build the optimizer now so its slots exist for checkpoints and for tf.distribute
         # (slots must be created under the strategy scope the model was created in).
         opt.build(keras_model.trainable_variables)
-        return cls(keras_model, loss_fn, opt, weight_decay=weight_decay, seed=seed)
+        return cls(keras_model, loss_fn, opt, weight_decay=weight_decay, seed=seed,
+                   metrics=metrics_set)
 
     @property
     def params(self):
@@ -101,20 +110,32 @@ class Model:
         """Optimizer steps over the model's whole life (an int; SPEC §7's `step`)."""
         return int(self.state.global_step.numpy())
 
-    def predict(self, x, batch_size=256):
-        """Forward pass in inference mode over `x` in batches; returns a NumPy array."""
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_batch_size=None, validation_freq=1, **exburn_options):
+        """Keras' `fit`, on exburn_tf's loop; returns a `keras.callbacks.History`.
+
+        `exburn_options` are `eb.fit`'s options (`clip_norm`, `accumulate_gradients`,
+        `lr_schedule`, checkpoints, ...).
+        """
+        from exburn_tf import keras_face
+        return keras_face.fit(self, **{k: v for k, v in locals().items()
+                                       if k not in ("self", "keras_face", "exburn_options")},
+                              **exburn_options)
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 steps=None, callbacks=None, return_dict=False):
+        """Keras' `evaluate`: the loss, `[loss, *metrics]`, or a dict (`return_dict`)."""
+        from exburn_tf import keras_face
+        return keras_face.evaluate(self, x, y, batch_size=batch_size, verbose=verbose,
+                                   sample_weight=sample_weight, steps=steps,
+                                   callbacks=callbacks, return_dict=return_dict)
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """Keras' `predict`: inference-mode outputs as NumPy array(s)."""
         from exburn_tf.evaluation import predict
-        return predict(self, x, batch_size=batch_size)
-
-    def fit(self, data, **options):
-        """Same as `eb.fit(self, data, **options)`."""
-        from exburn_tf.training import fit
-        return fit(self, data, **options)
-
-    def evaluate(self, data, track_accuracy=False, batch_size=256):
-        """Same as `eb.evaluate(self, data, track_accuracy, batch_size)`."""
-        from exburn_tf.evaluation import evaluate
-        return evaluate(self, data, track_accuracy=track_accuracy, batch_size=batch_size)
+        return predict(self, x, batch_size=batch_size or 32, steps=steps)
 
     def summary(self):
         """A Keras-style table of layers, output shapes and parameter counts, as a string."""
@@ -142,6 +163,24 @@ class Model:
         n = sum(int(np.prod(v.shape)) for v in self.keras_model.trainable_variables)
         return (f"<exburn_tf.Model {self.keras_model.name!r}: {n} trainable parameters, "
                 f"optimizer={type(self.optimizer).__name__}, {len(self.history)} epochs trained>")
+
+
+def _loss(loss, loss_weights, output_names):
+    """One loss callable: ExBurn's / Keras' single loss, or Keras' per-output structure."""
+    from exburn_tf import metrics as metrics_lib
+    if isinstance(loss, (dict, list, tuple)) or loss_weights is not None:
+        if isinstance(loss, (dict, list, tuple)) and not loss:
+            raise ValueError(f"loss must name at least one output's loss, got {loss!r}")
+        return metrics_lib.KerasLoss(loss, loss_weights, output_names, losses_lib.OWN)
+    return losses_lib.get(loss)
+
+
+def _metrics(metrics, weighted_metrics, output_names, loss):
+    """Keras' compile metrics (with the per-output loss trackers), or None when neither."""
+    from exburn_tf import metrics as metrics_lib
+    if metrics is None and weighted_metrics is None and not isinstance(loss, metrics_lib.KerasLoss):
+        return None
+    return metrics_lib.Metrics(metrics, weighted_metrics, output_names, loss)
 
 
 def _with_variable_learning_rate(optimizer):

@@ -50,6 +50,15 @@ class FitOptions:
     resume: bool = False
     terminate_on_nan: bool = True
     max_skipped_steps: int = 100
+    # Keras' data options (both faces).
+    sample_weight: Any = None
+    class_weight: Any = None
+    validation_split: float = 0.0
+    validation_freq: Any = 1
+    validation_steps: Optional[int] = None
+    validation_batch_size: Optional[int] = None
+    initial_epoch: int = 0
+    steps_per_epoch: Optional[int] = None
 
     def __post_init__(self):
         check_int("epochs", self.epochs)
@@ -60,10 +69,13 @@ class FitOptions:
             raise TypeError("callbacks must be a list or tuple of callables or "
                             f"keras.callbacks.Callback, got {self.callbacks!r}")
         check_bool("shuffle", self.shuffle)
-        if isinstance(self.verbose, bool) or self.verbose in (0, 1, 2):
-            self.verbose = bool(self.verbose)
-        else:
-            raise TypeError(f"verbose must be True or False, got {self.verbose!r}")
+        # Keras' meaning: 0 silent, 1 live bar, 2 one line per epoch, "auto" = 1.
+        if self.verbose == "auto":
+            self.verbose = 1
+        if not (isinstance(self.verbose, bool) or self.verbose in (0, 1, 2)):
+            raise TypeError(f"verbose must be True, False, 0, 1, 2 or 'auto', got "
+                            f"{self.verbose!r}")
+        self.verbose = int(self.verbose)
         check_choice("lr_schedule_unit", self.lr_schedule_unit, ("epoch", "step"))
         check_int("warmup", self.warmup, minimum=0)
         check_number("clip_norm", self.clip_norm, minimum=0.0, exclusive=True, allow_none=True)
@@ -94,7 +106,37 @@ class FitOptions:
             raise ValueError("resume=True needs checkpoint_dir, got checkpoint_dir=None")
         check_bool("terminate_on_nan", self.terminate_on_nan)
         check_int("max_skipped_steps", self.max_skipped_steps)
+        self._check_data_options()
         if self.grad_method != "autodiff" and self.strategy is not None:
             raise ValueError(
                 f"grad_method={self.grad_method!r} runs on one device only; "
                 "use grad_method='autodiff' with a strategy")
+
+    def _check_data_options(self):
+        check_number("validation_split", self.validation_split, minimum=0.0)
+        if self.validation_split >= 1.0:
+            raise ValueError(f"validation_split must be in [0, 1), got {self.validation_split!r}")
+        if self.validation_split and self.validation_data is not None:
+            raise ValueError("validation_split and validation_data cannot both be given; "
+                             f"got validation_split={self.validation_split!r}")
+        if isinstance(self.validation_freq, (list, tuple)):
+            for epoch in self.validation_freq:
+                check_int("validation_freq (an epoch in the list)", epoch)
+        else:
+            check_int("validation_freq", self.validation_freq)
+        check_int("validation_steps", self.validation_steps, allow_none=True)
+        check_int("validation_batch_size", self.validation_batch_size, allow_none=True)
+        check_int("initial_epoch", self.initial_epoch, minimum=0)
+        if self.initial_epoch >= self.epochs:
+            raise ValueError(f"initial_epoch must be < epochs={self.epochs}, got "
+                             f"{self.initial_epoch}")
+        check_int("steps_per_epoch", self.steps_per_epoch, allow_none=True)
+        if self.class_weight is not None and not isinstance(self.class_weight, dict):
+            raise TypeError(f"class_weight must be a dict class id -> weight, got "
+                            f"{self.class_weight!r}")
+
+    def validates(self, epoch):
+        """Keras' `validation_freq`: validate after epoch `epoch` (1-based)?"""
+        if isinstance(self.validation_freq, (list, tuple)):
+            return epoch in self.validation_freq
+        return epoch % self.validation_freq == 0

@@ -21,10 +21,12 @@ gradient and the finite check / update can sit inside a `tf.cond` (a cond around
 import dataclasses
 from typing import Any
 
+import keras
 import tensorflow as tf
 
 from exburn_tf import gradients as gradients_lib
 from exburn_tf import losses as losses_lib
+from exburn_tf import metrics as metrics_lib
 from exburn_tf import numerical
 from exburn_tf import schedules as schedules_lib
 
@@ -129,10 +131,21 @@ def batch_size_of(y):
     return tf.cast(tf.shape(first)[0], tf.float32)
 
 
-def total_loss(model, y, predictions):
-    """The batch's mean loss in float32, plus the Keras model's own losses (regularizers)."""
+def total_loss(model, y, predictions, sample_weight=None):
+    """The batch's mean loss in float32, plus the Keras model's own losses (regularizers).
+
+    With `sample_weight`, Keras' reduction: sum(w · loss) / batch size. A Keras `Loss`
+    divides by the replica count under tf.distribute; that is undone here, because the
+    step sums `mean × batch size` over replicas itself.
+    """
     keras_model = model.keras_model
-    loss = tf.cast(model.loss(y, predictions), tf.float32)
+    if sample_weight is None:
+        loss = model.loss(y, predictions)
+    else:
+        loss = model.loss(y, predictions, sample_weight=sample_weight)
+    if isinstance(model.loss, keras.losses.Loss):
+        loss = metrics_lib.unscaled(loss)
+    loss = tf.cast(loss, tf.float32)
     if keras_model.losses:
         loss += tf.add_n([tf.cast(l, tf.float32) for l in keras_model.losses])
     return loss
@@ -178,13 +191,14 @@ class ForwardBackward:
         self.has_accuracy = False  # set while tracing: False when the loss has no accuracy
         self.fn = tf.function(self._run, jit_compile=True) if config.jit_compile else self._run
 
-    def _run(self, x, y):
+    def _run(self, x, y, sample_weight=None):
         keras_model = self.model.keras_model
         variables = keras_model.trainable_variables
         samples = batch_size_of(y)
         with tf.GradientTape() as tape:
             predictions = keras_model(x, training=True)
-            objective = loss_sum(total_loss(self.model, y, predictions), samples)
+            objective = loss_sum(total_loss(self.model, y, predictions, sample_weight),
+                                 samples)
             if self.config.dynamic_loss_scale:
                 objective_for_grads = objective * self.state.loss_scale
             else:
@@ -194,8 +208,9 @@ class ForwardBackward:
         else:
             # Finite differences need a deterministic forward: inference mode.
             mean_grads = numerical.gradients(
-                lambda: total_loss(self.model, y, keras_model(x, training=False)), variables,
-                self.config.epsilon, self.config.grad_method)
+                lambda: total_loss(self.model, y, keras_model(x, training=False),
+                                   sample_weight),
+                variables, self.config.epsilon, self.config.grad_method)
             grads = [g * samples for g in mean_grads]
         # Dense float32 gradients: sums over micro-batches and replicas, the pipeline and
         # the `tf.cond`s of the step need one type (an Embedding's gradient comes back as
@@ -203,6 +218,9 @@ class ForwardBackward:
         grads = [tf.zeros(v.shape, tf.float32) if g is None
                  else tf.cast(tf.convert_to_tensor(g), tf.float32)
                  for g, v in zip(grads, variables)]
+        if self.model.metrics is not None:
+            # Keras' compile metrics, updated here on every micro-batch: no host sync.
+            self.model.metrics.update(y, predictions, sample_weight)
         return grads, objective, self._counts(y, predictions), samples
 
     def _counts(self, y, predictions):
@@ -255,9 +273,10 @@ class TrainStep:
 
     # -- per micro-batch ---------------------------------------------------------------
 
-    def _replicated(self, x, y):
+    def _replicated(self, x, y, sample_weight=None):
         """Forward/backward on every replica, then SUM over replicas (all-reduce)."""
-        per_replica = self.strategy.run(self._forward_backward.fn, args=(x, y))
+        args = (x, y) if sample_weight is None else (x, y, sample_weight)
+        per_replica = self.strategy.run(self._forward_backward.fn, args=args)
         return sum_over_replicas(self.strategy, per_replica)
 
     def _accumulate(self, iterator, budget):
@@ -273,8 +292,8 @@ class TrainStep:
             optional = iterator.get_next_as_optional()
 
             def take():
-                x, y = optional.get_value()
-                grads, objective, batch_correct, batch_samples = self._replicated(x, y)
+                grads, objective, batch_correct, batch_samples = self._replicated(
+                    *optional.get_value())
                 return (got + 1, [a + b for a, b in zip(grad_sums, grads)],
                         loss_sum + objective, correct + batch_correct, samples + batch_samples)
 
@@ -296,8 +315,7 @@ class TrainStep:
         optional = iterator.get_next_as_optional()
 
         def take():
-            x, y = optional.get_value()
-            return (tf.constant(1), *self._replicated(x, y))
+            return (tf.constant(1), *self._replicated(*optional.get_value()))
 
         return tf.cond(optional.has_value(), take, lambda: empty)
 

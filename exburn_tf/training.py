@@ -34,6 +34,8 @@ from exburn_tf.validation import check_number
 __all__ = ["fit", "evaluate", "train_step", "compute_gradients", "data_loader", "profile_step"]
 
 _OPTION_NAMES = tuple(FitOptions.__dataclass_fields__)
+# steps_per_execution="auto" under MultiWorkerMirroredStrategy: one fixed length for all.
+MULTI_WORKER_STEPS_PER_EXECUTION = 8
 def parse_options(options):
     """`FitOptions` from keyword arguments; a misspelled option is a `TypeError`."""
     for name in options:
@@ -72,19 +74,28 @@ class _Fit:
         _check_strategy(model, opts.strategy)
         _nesterov(model.optimizer, opts.nesterov)  # checked before any change
         self.chief = is_chief(strategy)
-        self.train = data_lib.TrainData(data, opts.batch_size, opts.shuffle,
-                                        _seed(opts.seed, model.seed, strategy, opts.shuffle))
+        self.train = data_lib.TrainData(
+            data, opts.batch_size, opts.shuffle,
+            _seed(opts.seed, model.seed, strategy, opts.shuffle),
+            sample_weight=opts.sample_weight, class_weight=opts.class_weight,
+            validation_split=opts.validation_split, steps_per_epoch=opts.steps_per_epoch)
         self.validation = self.validation_labels = None
-        if opts.validation_data is not None:
-            self.validation = data_lib.batched(opts.validation_data, 256, "validation_data")
-            if not isinstance(opts.validation_data, tf.data.Dataset):
-                self.validation_labels = data_lib.unpack(opts.validation_data,
-                                                         "validation_data")[1]
+        validation_data = opts.validation_data
+        if self.train.validation_arrays is not None:
+            validation_data = self.train.validation_arrays  # validation_split
+        if validation_data is not None:
+            self.validation = data_lib.batched(validation_data,
+                                               opts.validation_batch_size or 256,
+                                               "validation_data")
+            if not isinstance(validation_data, tf.data.Dataset):
+                self.validation_labels = data_lib.unpack_weighted(validation_data,
+                                                                  "validation_data")[1]
         callbacks = list(opts.callbacks)
         if opts.tensorboard is not None:
             callbacks.append(callbacks_lib.TensorBoard(opts.tensorboard))
         self.callbacks = callbacks_lib.CallbackList(callbacks)
-        self.progress = callbacks_lib.Progress(verbose=opts.verbose and self.chief)
+        self.progress = callbacks_lib.Progress(
+            verbose=bool(opts.verbose) and self.chief, live=opts.verbose != 2)
         self.context = RunContext(self.train.seed, self.callbacks, opts, chief=self.chief,
                                   data=self.train)
         self.checkpoints = None
@@ -129,7 +140,12 @@ class _Fit:
         self.model = model
         model.run_context = self.context
         self.step = _compiled_step(model, self.opts, self.schedule, self.strategy)
-        self.pacer = CallPacer(self.opts.steps_per_execution)
+        steps_per_execution = self.opts.steps_per_execution
+        if steps_per_execution == "auto" and _multi_worker(self.strategy):
+            # "auto" paces by each worker's own clock; workers must run calls of the same
+            # length (their collectives and stop checks pair up call by call).
+            steps_per_execution = MULTI_WORKER_STEPS_PER_EXECUTION
+        self.pacer = CallPacer(steps_per_execution)
 
     def run(self):
         opts, model = self.opts, self.model
@@ -141,7 +157,7 @@ class _Fit:
         self.callbacks.on_train_begin(model, {"epochs": opts.epochs, "steps": self.steps_per_epoch,
                                               "verbose": int(opts.verbose)})
         first_epoch = self._resume() if opts.resume else self._start()
-        first_epoch = self._keras_initial_epoch(first_epoch)
+        first_epoch = self._keras_initial_epoch(max(first_epoch, opts.initial_epoch + 1))
         self._shared_iterator = None
         started = time.perf_counter()
         self.epoch_seconds = []
@@ -160,14 +176,13 @@ class _Fit:
     def _keras_initial_epoch(self, first_epoch):
         """Keras' `BackupAndRestore` restores in `on_train_begin` and names the epoch
         reached in `keras_model._initial_epoch` (0-based count of finished epochs), as
-        Keras' own fit reads it; the run continues after it."""
+        Keras' own fit reads it; the run continues after it, as after `initial_epoch`."""
         keras_model = self.model.keras_model
         restored = getattr(keras_model, "_initial_epoch", None)
-        if not restored:
-            return first_epoch
-        keras_model._initial_epoch = None  # taken: a later fit starts afresh
-        first_epoch = max(first_epoch, int(restored) + 1)
-        if self.steps_per_epoch is not None:
+        if restored:
+            keras_model._initial_epoch = None  # taken: a later fit starts afresh
+            first_epoch = max(first_epoch, int(restored) + 1)
+        if first_epoch > 1 and not self.opts.resume and self.steps_per_epoch is not None:
             # Per-step schedules and warmup continue as if the epochs before had run here.
             self.model.state.run_step.assign((first_epoch - 1) * self.steps_per_epoch)
         return first_epoch
@@ -194,16 +209,25 @@ class _Fit:
         state.run_epoch.assign(epoch - 1)
         self.callbacks.on_epoch_begin(epoch)
         epoch_start = time.perf_counter()
+        compiled_metrics = self.model.metrics
+        if compiled_metrics is not None:
+            compiled_metrics.reset()
         sums, timing = self._train_epoch(epoch)
         metrics = self._metrics(epoch, sums, timing)
+        if compiled_metrics is not None:
+            results = compiled_metrics.results()
+            metrics.update(results)
+            self.progress.metric_names = tuple(results)
         if timing.get("stopped"):
             metrics["stop_training"] = True
-        if self.validation is not None:
-            val_loss, val_accuracy = evaluate_dataset(self.model, self.validation, opts.accuracy,
-                                                      self.strategy)
+        if self.validation is not None and opts.validates(epoch):
+            val_loss, val_accuracy, val_results = evaluate_dataset(
+                self.model, self.validation, opts.accuracy, self.strategy,
+                steps=opts.validation_steps)
             metrics["val_loss"] = val_loss
             if val_accuracy is not None:
                 metrics["val_accuracy"] = val_accuracy
+            metrics.update({f"val_{name}": value for name, value in val_results.items()})
         self._time_metrics(metrics, epoch, epoch_start, started, timing)
         _check_finite_epoch(metrics, sums, opts)
         reported_lr = metrics["lr"]
@@ -274,11 +298,21 @@ class _Fit:
         epoch still in its own seeded order); the budget stops each epoch at its end.
         A tf.data dataset: a new iterator per epoch, which ends the epoch itself.
         """
+        opts = self.opts
+        if opts.steps_per_epoch is not None:
+            # Keras' steps_per_epoch: each epoch takes its steps from one iterator that
+            # carries on across epochs (an infinite dataset, or several array passes).
+            budget = opts.steps_per_epoch * opts.accumulate_gradients
+            if self._shared_iterator is None:
+                dataset = self.train.source if self.train.arrays is None else \
+                    self.train.epochs(1, self.train.passes_for(opts.epochs, opts.accumulate_gradients))
+                self._shared_iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+            return self._shared_iterator, budget
         if self.train.arrays is None:
             dataset = self.train.dataset(epoch)
             return iter(self.strategy.experimental_distribute_dataset(dataset)), None
         if self._shared_iterator is None:
-            dataset = self.train.epochs(epoch, self.opts.epochs)
+            dataset = self.train.epochs(epoch, opts.epochs)
             self._shared_iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
         return self._shared_iterator, self.train.num_batches
 
@@ -409,9 +443,13 @@ def _seed(seed, model_seed, strategy, shuffle=True):
     if model_seed is not None:
         return model_seed
     fresh = int(np.random.SeedSequence().entropy % (2**31))
-    if shuffle and getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)():
+    if shuffle and _multi_worker(strategy):
         return _agreed_seed(strategy, fresh)
     return fresh
+
+
+def _multi_worker(strategy):
+    return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
 
 
 def _agreed_seed(strategy, fresh):

@@ -138,7 +138,7 @@ CASES = [
      r"data: x and y have different lengths: 20 != 19"),
     ("empty-data", fit_on((X[:0], Y[:0])), ValueError, r"data is empty"),
     ("data-not-a-pair", fit_on(X), TypeError, r"data must be an \(x, y\) pair"),
-    ("data-a-triple", fit_on((X, Y, Y)), ValueError, r"data must be an \(x, y\) pair"),
+    ("data-a-4-tuple", fit_on((X, Y, Y, Y)), ValueError, r"data must be an \(x, y\) pair"),
     ("labels-out-of-range-late", fit_on((X, with_label(9, 15))), ValueError,
      r"labels out of range for cross_entropy: got values in \[0, 9\].* 4 classes"),
     ("labels-out-of-range-first", fit_on((X, with_label(4, 0))), ValueError,
@@ -158,7 +158,7 @@ CASES = [
      r"data: the model rejects inputs of shape \(2, 2\)"),
     ("wrong-rank", fit_on((X[:, None, :], Y)), ValueError, r"data: .*shape"),
     ("dataset-of-single-tensors", fit_on(tf.data.Dataset.from_tensor_slices(X).batch(4)),
-     ValueError, r"data: .*\(x, y\) batches"),
+     ValueError, r"data: .*\(x, y\) or \(x, y, sample_weight\) batches"),
     ("dataset-bad-labels-first-batch", fit_on(tf.data.Dataset.from_tensor_slices(
         (X, with_label(7, 2))).batch(4)), ValueError,
      r"data: labels out of range for cross_entropy: got values in \[\d, 7\]"),
@@ -177,7 +177,7 @@ CASES = [
      r"validation_data: x contains NaN or Inf"),
     ("validation-dataset-of-single-tensors",
      fit(validation_data=tf.data.Dataset.from_tensor_slices(X).batch(4)), ValueError,
-     r"validation_data: .*\(x, y\) batches"),
+     r"validation_data: .*\(x, y\) or \(x, y, sample_weight\) batches"),
     # -- callbacks -----------------------------------------------------------------------
     ("callback-not-callable", fit(callbacks=[3]), TypeError,
      r"callbacks\[0\] must be a callable .*got 3"),
@@ -199,7 +199,7 @@ CASES = [
                                                              best_only=True),
      TypeError, r"monitor must be a non-empty string or None, got 3"),
     # -- Model.compile -------------------------------------------------------------------
-    ("unknown-loss", compile_with(loss="hinge"), ValueError, r"Unknown loss: 'hinge'"),
+    ("unknown-loss", compile_with(loss="hinge_typo"), ValueError, r"Unknown loss: 'hinge_typo'"),
     ("unknown-optimizer", compile_with(optimizer="adagrad"), ValueError,
      r"Unknown optimizer: 'adagrad'"),
     ("learning-rate-negative", compile_with(learning_rate=-0.1), ValueError,
@@ -223,7 +223,7 @@ CASES = [
      ValueError, r"data: labels out of range for cross_entropy: got values in \[0, 8\]"),
     ("evaluate-dataset-of-single-tensors",
      lambda m: eb.evaluate(m, tf.data.Dataset.from_tensor_slices(X).batch(4)), ValueError,
-     r"data: .*\(x, y\) batches"),
+     r"data: .*\(x, y\) or \(x, y, sample_weight\) batches"),
     # -- train_step ----------------------------------------------------------------------
     ("train-step-clip", lambda m: eb.train_step(m, (X, Y), clip_norm=-1.0), ValueError,
      r"clip_norm .*-1\.0"),

@@ -137,10 +137,13 @@ def test_validate_arrays_messages(x, y, name, error, message):
 
 
 @pytest.mark.parametrize("data, error, message", [
-    (3, TypeError, "validation_data must be an (x, y) pair or a tf.data.Dataset of (x, y) "
-                   "batches, got <class 'int'>"),
-    ((1, 2, 3), ValueError, "validation_data must be an (x, y) pair or a tf.data.Dataset of "
-                            "(x, y) batches, got a tuple of length 3"),
+    (3, TypeError, "validation_data must be an (x, y) pair, an (x, y, sample_weight) triple "
+                   "or a tf.data.Dataset of such batches, got <class 'int'>"),
+    ((1, 2, 3, 4), ValueError, "validation_data must be an (x, y) pair, an (x, y, "
+                               "sample_weight) triple or a tf.data.Dataset of such batches, "
+                               "got a tuple of length 4"),
+    ((1, 2, 3), ValueError, "validation_data: sample weights are not taken here; got an "
+                            "(x, y, sample_weight) triple"),
 ])
 def test_unpack_messages(data, error, message):
     with pytest.raises(error) as info:

@@ -39,6 +39,9 @@ WORKER = textwrap.dedent("""
 
     signal.signal(signal.SIGTERM, on_term)
     names = ("TF_CONFIG", "EXBURN_TF_WORKER", "EXBURN_TF_NUM_WORKERS", "EXBURN_TF_RESTART")
+    action = plan.get(me, plan.get(index, "exit 0")).split()
+    if action[0] == "ignore-term":  # before "started" is announced: no race with the signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with open(os.path.join(out, "start-" + me), "w") as handle:
         json.dump({name: os.environ[name] for name in names}, handle)
     peers = [os.path.join(out, f"start-{i}-{restart}")
@@ -46,13 +49,10 @@ WORKER = textwrap.dedent("""
     deadline = time.monotonic() + 10
     while not all(map(os.path.exists, peers)) and time.monotonic() < deadline:
         time.sleep(0.01)
-    action = plan.get(me, plan.get(index, "exit 0")).split()
     if action[0] == "exit":
         sys.exit(int(action[1]))
     if action[0] == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    if action[0] == "ignore-term":
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if action[0] in ("hang", "ignore-term"):
         time.sleep(30)
     if action[0] == "partial-lines":

@@ -200,7 +200,7 @@ def test_get_returns_keras_losses_and_callables_as_is():
 def test_get_rejects_unknown_names_and_non_callables():
     message = (
         "Unknown loss: 'foo'. Expected one of 'cross_entropy', 'mse', 'binary_cross_entropy', "
-        "'binary_cross_entropy_from_logits', a keras.losses.Loss or a callable "
+        "'binary_cross_entropy_from_logits', a Keras loss name, a keras.losses.Loss or a callable "
         "(y_true, y_pred) -> scalar."
     )
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -26,10 +26,16 @@ def format_duration(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60}m"
 
 
-def format_progress_line(metrics):
-    """`Epoch e/E: loss=… val_loss=… acc=…% val_acc=…% (N samples/s, Mms) ETA=1m5s`."""
+def format_progress_line(metrics, metric_names=()):
+    """`Epoch e/E: loss=… val_loss=… acc=…% val_acc=…% [name=…] (N samples/s, Mms) ETA=1m5s`.
+
+    `metric_names`: the compiled metrics (Keras names) shown after the ExBurn ones, each
+    with its `val_` twin when present.
+    """
+    extra = "".join(f" {key}={metrics[key]:.4f}" for name in metric_names
+                    for key in (name, f"val_{name}") if metrics.get(key) is not None)
     line = (
-        f"Epoch {metrics['epoch']}/{metrics['epochs']}: {format_metrics(metrics)} "
+        f"Epoch {metrics['epoch']}/{metrics['epochs']}: {format_metrics(metrics)}{extra} "
         f"({round_half_up(metrics['samples_per_sec'])} samples/s, "
         f"{round_half_up(metrics['epoch_time_ms'])}ms)"
     )
@@ -49,8 +55,10 @@ class Progress:
         stream: text stream; `None` (default) is `sys.stdout` at call time.
     """
 
-    def __init__(self, verbose=True, stream=None):
+    def __init__(self, verbose=True, stream=None, live=True, metric_names=()):
         self.verbose = check_bool("verbose", verbose)
+        self.live = live  # Keras' verbose=2: no live bar, one line per epoch
+        self.metric_names = tuple(metric_names)
         if stream is not None and not callable(getattr(stream, "write", None)):
             raise TypeError(f"stream must be a text stream with .write() or None, got {stream!r}")
         self.stream = stream
@@ -105,7 +113,7 @@ class Progress:
             samples_per_sec: throughput so far, or None.
             eta_s: seconds left in the epoch, or None.
         """
-        if not self.verbose or not self._is_terminal():
+        if not self.verbose or not self.live or not self._is_terminal():
             return
         now = self._clock()
         finished = steps_total is not None and steps_done >= steps_total
@@ -142,4 +150,4 @@ class Progress:
             clear = "\r" + " " * self._bar_width + "\r"
             self._bar_width = 0
             self._last_draw = None
-        self._write(clear + format_progress_line(metrics) + "\n")
+        self._write(clear + format_progress_line(metrics, self.metric_names) + "\n")

@@ -22,6 +22,16 @@ EPOCH_TAGS = {
 }
 
 
+def _epoch_tags(metrics):
+    """EPOCH_TAGS plus the model's compiled metrics, under Keras' tags (`epoch_<name>`)."""
+    compiled = getattr(metrics.get("model"), "metrics", None)
+    tags = dict(EPOCH_TAGS)
+    for name in getattr(compiled, "last_names", ()):
+        tags.setdefault(name, ("train", f"epoch_{name}"))
+        tags.setdefault(f"val_{name}", ("validation", f"epoch_{name}"))
+    return tags
+
+
 class TensorBoard:
     """Writes training curves for TensorBoard to `log_dir/train` and `log_dir/validation`.
 
@@ -104,7 +114,7 @@ class TensorBoard:
         if not self._chief:
             return metrics
         step = metrics["epoch"] - 1
-        for key, (run, tag) in EPOCH_TAGS.items():
+        for key, (run, tag) in _epoch_tags(metrics).items():
             if metrics.get(key) is not None:
                 with self._writer(run).as_default():
                     tf.summary.scalar(tag, float(metrics[key]), step=step)

@@ -67,7 +67,7 @@ def run(epochs=None, batch_size=None, tensorboard=None, export=None, checkpoint_
         epochs=epochs, batch_size=batch_size or BATCH_SIZE, validation_data=validation,
         accuracy=True, callbacks=[early_stopping])
 
-    test_loss, test_accuracy = model.evaluate(test, track_accuracy=True)
+    test_loss, test_accuracy = eb.evaluate(model, test, track_accuracy=True)
     _common.export_model(model, outputs)
     return _common.results(NAME, model, outputs, [], seconds,
                            test_accuracy=test_accuracy, test_loss=test_loss,

@@ -98,7 +98,7 @@ def run(epochs=None, batch_size=None, tensorboard=None, export=None, checkpoint_
         warmup=WARMUP_EPOCHS * steps_per_epoch,
         weight_decay=WEIGHT_DECAY, clip_norm=CLIP_NORM, accuracy=True)
 
-    test_loss, test_accuracy = model.evaluate((x_test, y_test), track_accuracy=True)
+    test_loss, test_accuracy = eb.evaluate(model, (x_test, y_test), track_accuracy=True)
     _common.export_model(model, outputs)
     metrics = {"test_accuracy": test_accuracy, "test_loss": test_loss,
                "train_samples": len(x_train), "test_samples": len(x_test)}

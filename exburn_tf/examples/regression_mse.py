@@ -82,7 +82,7 @@ def run(epochs=None, batch_size=None, tensorboard=None, export=None, checkpoint_
         lr_schedule=("step", LEARNING_RATE, 20, 0.5),
         callbacks=[eb.callbacks.ReduceLROnPlateau(patience=5, factor=0.5)])
 
-    test_mse = model.evaluate((x_test, y_test))
+    test_mse = eb.evaluate(model, (x_test, y_test))
     _common.export_model(model, outputs)
     return _common.results(NAME, model, outputs, [], seconds,
                            test_mse=test_mse, test_rmse=float(np.sqrt(test_mse)) * y_std,

@@ -98,7 +98,7 @@ def run(epochs=None, batch_size=None, tensorboard=None, export=None, checkpoint_
         model, train, outputs, resume=resume, epochs=epochs, validation_data=test,
         lr_schedule=("cosine", LEARNING_RATE, 1e-5), accumulate_gradients=2, accuracy=True)
 
-    test_loss, test_accuracy = model.evaluate(test, track_accuracy=True)
+    test_loss, test_accuracy = eb.evaluate(model, test, track_accuracy=True)
     _common.export_model(model, outputs)
     return _common.results(NAME, model, outputs, [], seconds,
                            test_accuracy=test_accuracy, test_loss=test_loss)
