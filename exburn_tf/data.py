@@ -413,14 +413,6 @@ class TrainData:
             return None
         return -(-self.num_batches // accumulate)
 
-    def passes_for(self, epochs, accumulate):
-        """Array passes one fit of `epochs` epochs reads (more than `epochs` only when
-        `steps_per_epoch` asks for more batches an epoch than a pass holds)."""
-        if self.steps_per_epoch_option is None:
-            return epochs
-        wanted = self.steps_per_epoch_option * accumulate * epochs
-        return -(-wanted // self.num_batches)
-
     def count_batches(self):
         """Counts the batches of a dataset of unknown length with one pass over it.
 

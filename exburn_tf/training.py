@@ -283,6 +283,8 @@ class _Fit:
             self._report_progress(epoch, done, total, timing, sums)
             _check_skipped_in_row(max_in_row, self.opts)
             if out[step_lib.DONE]:
+                if self.opts.steps_per_epoch is not None and done < total:
+                    timing["stopped"] = True  # the data ran out before steps_per_epoch
                 break
             if self.callbacks.stop_requested():
                 # A Keras callback set stop_training during the epoch: as Keras does with
@@ -301,11 +303,12 @@ class _Fit:
         opts = self.opts
         if opts.steps_per_epoch is not None:
             # Keras' steps_per_epoch: each epoch takes its steps from one iterator that
-            # carries on across epochs (an infinite dataset, or several array passes).
+            # carries on across epochs; finite data (arrays: one pass) that runs out ends
+            # the training, as in Keras.
             budget = opts.steps_per_epoch * opts.accumulate_gradients
             if self._shared_iterator is None:
                 dataset = self.train.source if self.train.arrays is None else \
-                    self.train.epochs(1, self.train.passes_for(opts.epochs, opts.accumulate_gradients))
+                    self.train.epochs(1, 1)
                 self._shared_iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
             return self._shared_iterator, budget
         if self.train.arrays is None:

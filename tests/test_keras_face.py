@@ -305,3 +305,20 @@ def test_metrics_are_exact_under_accumulation_and_mirrored_strategy():
         assert set(other) == set(plain)
         for key in plain:
             assert other[key] == pytest.approx(plain[key], rel=1e-5), key
+
+
+def test_steps_per_epoch_on_arrays_stops_when_the_data_runs_out_as_keras_does():
+    x, y, _ = _data(56)  # 7 batches of 8; 3 epochs x 3 steps want 9
+    reference, model = _pair(_sequential, loss=_sparse())
+    options = dict(FIT, steps_per_epoch=3)
+    expected = reference.fit(x, y, **options)
+    got = model.fit(x, y, **options)
+    assert model.step == int(reference.optimizer.iterations.numpy()) == 7
+    _same(reference, model, expected, got)
+
+
+def test_jit_compile_auto_is_accepted():
+    x, y, _ = _data()
+    model = eb.Model.compile(_sequential(), loss=_sparse(), optimizer="sgd")
+    model.fit(x, y, epochs=1, verbose=0, jit_compile="auto")
+    assert len(model.history) == 1

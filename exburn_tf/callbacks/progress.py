@@ -33,6 +33,7 @@ def format_progress_line(metrics, metric_names=()):
     with its `val_` twin when present.
     """
     extra = "".join(f" {key}={metrics[key]:.4f}" for name in metric_names
+                    if name not in ("loss", "accuracy")  # shown already
                     for key in (name, f"val_{name}") if metrics.get(key) is not None)
     line = (
         f"Epoch {metrics['epoch']}/{metrics['epochs']}: {format_metrics(metrics)}{extra} "
