@@ -322,3 +322,11 @@ def test_jit_compile_auto_is_accepted():
     model = eb.Model.compile(_sequential(), loss=_sparse(), optimizer="sgd")
     model.fit(x, y, epochs=1, verbose=0, jit_compile="auto")
     assert len(model.history) == 1
+
+
+def test_validation_steps_and_validation_batch_size():
+    x, y, _ = _data()
+    reference, model = _pair(_sequential, loss=_sparse(), metrics=["accuracy"])
+    options = dict(FIT, validation_data=(x[:30], y[:30]), validation_steps=2,
+                   validation_batch_size=7)  # validates on 14 of the 30 samples
+    _same(reference, model, reference.fit(x, y, **options), model.fit(x, y, **options))
