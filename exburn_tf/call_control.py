@@ -3,7 +3,8 @@
     before a call:  its length = the pacer's, agreed by all workers, capped by the
                     epoch's end and by the next step checkpoint
     after a call:   a step / second checkpoint if due; stop on SIGTERM (any worker's)
-    after an epoch: an epoch checkpoint if due (always after the last); stop on SIGTERM
+                    (not after an epoch's last call: both wait for the epoch's end)
+    after an epoch: a checkpoint if due (always after the last); stop on SIGTERM
 
 Stopping writes a checkpoint of the state after the last call, waits for it, and raises
 `Preempted`. While active (`with`), SIGTERM is watched; on the way out the previous

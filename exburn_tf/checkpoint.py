@@ -11,7 +11,9 @@ A checkpoint is one directory holding a `tf.train.Checkpoint` (TensorFlow's own 
                         the data position (`position`: epoch, micro-batches, metric sums)
     extra.npz           arrays of built-in callbacks (EarlyStopping's best weights),
                         read with allow_pickle=False
-    iterator.*          a tf.data iterator's own state (only when `position` says so)
+    iterator.*          a tf.data iterator's own state, and next_iterator.* that of the
+                        next epoch's (made in advance: a reshuffling dataset's next order
+                        is its seeds), only when `position` says so
 
 Writing is two halves: `snapshot` copies everything to host memory (NumPy arrays, the
 iterator's serialized state) on the training thread, cheaply; `commit` writes, fsyncs
@@ -61,7 +63,7 @@ from exburn_tf.checkpoint_meta import CorruptCheckpointError
 
 FORMAT = "exburn_tf-checkpoint-1"
 _PREFIX = folder.PREFIX
-_ITERATOR = "iterator"
+ITERATORS = ("iterator", "next_iterator")  # file prefixes, and flags of meta "position"
 
 
 class CheckpointRemovedError(CorruptCheckpointError):
@@ -99,13 +101,14 @@ class Snapshot:
         tensors: {file key: NumPy array}, one per variable.
         meta: the meta.json record.
         extras: {name: NumPy array} for extra.npz.
-        iterator_state: a tf.data iterator's serialized state (a variant tensor), or None.
+        iterator_states: {"iterator" / "next_iterator": a tf.data iterator's serialized
+            state (a variant tensor)}.
     """
 
     tensors: dict
     meta: dict
     extras: dict
-    iterator_state: Any = None
+    iterator_states: dict = dataclasses.field(default_factory=dict)
 
 
 class _Saved(trackable.Trackable):
@@ -119,21 +122,22 @@ class _Saved(trackable.Trackable):
         return {self._attribute: self._value}
 
 
-def snapshot(model, meta_extra=None, extra_arrays=(), iterator=None):
-    """Copies the model's full state (and `iterator`'s, if given) into a `Snapshot`.
+def snapshot(model, meta_extra=None, extra_arrays=(), iterators=None):
+    """Copies the model's full state (and that of `iterators`, {name: tf.data iterator},
+    names from `ITERATORS`) into a `Snapshot`.
 
     Raises:
-        ValueError: `iterator` cannot be saved (see `iterator_state`).
+        ValueError: an iterator cannot be saved (see `iterator_state`).
     """
     meta = _describe(model, dict(meta_extra or {}))
     meta["extra"] = [None if arrays is None else len(arrays) for arrays in extra_arrays]
     tensors = {key.replace("/", "__"): np.array(_tf_variable(v)) for key, v in _entries(model)}
     extras = {f"{i}_{j}": np.array(array) for i, arrays in enumerate(extra_arrays)
               for j, array in enumerate(arrays or ())}
-    state = None if iterator is None else iterator_state(iterator)
+    states = {name: iterator_state(it) for name, it in (iterators or {}).items()}
     # Through JSON now: a value the record shares with the live run cannot change later.
     meta = json.loads(json.dumps(meta, default=_json_default))
-    return Snapshot(tensors, meta, extras, state)
+    return Snapshot(tensors, meta, extras, states)
 
 
 def iterator_state(iterator):
@@ -154,22 +158,22 @@ def iterator_state(iterator):
         raise ValueError(detail.split(" [Op:")[0].split("}} ")[-1]) from None
 
 
-def restore_iterator(path, iterator):
-    """Sets `iterator` to the state saved in checkpoint `path`.
+def restore_iterator(path, iterator, name="iterator"):
+    """Sets `iterator` to the state `name` (see `ITERATORS`) saved in checkpoint `path`.
 
     Raises:
         CorruptCheckpointError: the state is missing or cannot be read.
     """
     try:
         tf.train.Checkpoint(iterator=iterator).read(
-            os.path.join(path, _ITERATOR)).assert_consumed()
+            os.path.join(path, name)).assert_consumed()
     except (tf.errors.OpError, AssertionError, ValueError) as error:
         raise CorruptCheckpointError(
             f"checkpoint {path!r}: the tf.data iterator state cannot be restored: "
             f"{str(error).strip().splitlines()[0]}") from None
 
 
-def write(model, directory, meta_extra=None, extra_arrays=(), keep=None, iterator=None):
+def write(model, directory, meta_extra=None, extra_arrays=(), keep=None, iterators=None):
     """Writes a complete checkpoint of `model` under `directory`; returns its path.
 
     Holds the folder's run lock while writing; staging folders of a killed writer are
@@ -182,13 +186,13 @@ def write(model, directory, meta_extra=None, extra_arrays=(), keep=None, iterato
         meta_extra: JSON-serialisable run information (epoch, seed, callbacks, ...).
         extra_arrays: lists of NumPy arrays to store too (e.g. best weights), or None.
         keep: keep only the newest `keep` checkpoints (None: keep all).
-        iterator: a tf.data iterator whose state to store too, or None.
+        iterators: {name: tf.data iterator} whose states to store too (see `snapshot`).
 
     Raises:
         CheckpointDirError: the folder is unusable or in use by another process.
         OSError: the write failed; the message names the folder and the last checkpoint.
     """
-    return commit(directory, snapshot(model, meta_extra, extra_arrays, iterator), keep)
+    return commit(directory, snapshot(model, meta_extra, extra_arrays, iterators), keep)
 
 
 def commit(directory, content, keep=None):
@@ -225,9 +229,9 @@ def _write_files(staging, content):
         saved = {key: _Saved("VARIABLE_VALUE", tf.constant(value))
                  for key, value in content.tensors.items()}
         tf.train.Checkpoint(**saved).write(os.path.join(staging, _PREFIX))
-        if content.iterator_state is not None:
-            tf.train.Checkpoint(iterator=_Saved("ITERATOR_STATE", content.iterator_state)
-                                ).write(os.path.join(staging, _ITERATOR))
+        for name, state in content.iterator_states.items():
+            tf.train.Checkpoint(iterator=_Saved("ITERATOR_STATE", state)).write(
+                os.path.join(staging, name))
     with open(os.path.join(staging, "meta.json"), "w", encoding="utf-8") as handle:
         json.dump(content.meta, handle)
     np.savez(os.path.join(staging, "extra.npz"), **content.extras)
@@ -312,12 +316,12 @@ def _read(path):
 def _check_iterator_files(path, meta):
     """A position that announces an iterator state needs its files (the state itself is
     only readable by restoring it into an iterator: `restore_iterator`)."""
-    if not meta.get("position", {}).get("iterator"):
-        return
-    if not os.path.exists(os.path.join(path, _ITERATOR + ".index")):
-        raise CorruptCheckpointError(
-            f"checkpoint {path!r}: meta.json field 'position' announces a tf.data iterator "
-            f"state, but {_ITERATOR}.index is missing")
+    position = meta.get("position", {})
+    for name in ITERATORS:
+        if position.get(name) and not os.path.exists(os.path.join(path, name + ".index")):
+            raise CorruptCheckpointError(
+                f"checkpoint {path!r}: meta.json field 'position' announces a tf.data "
+                f"iterator state {name!r}, but {name}.index is missing")
 
 
 def newest_intact(directory, attempt):

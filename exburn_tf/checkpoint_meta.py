@@ -215,13 +215,11 @@ _MODEL_CONFIG = record({"class": one_of(equal("Sequential"), equal("Functional")
 
 # Where the run stands in its data: the running epoch, the micro-batches of it already
 # trained, the epoch's metric sums and timing so far (see `training._Fit._train_epoch`),
-# whether all its batches are trained (validation and callbacks still to run), and
-# whether a tf.data iterator state is stored too (iterator.*: the next epoch's once
-# finished).
+# and whether tf.data iterator states are stored too (iterator.*, next_iterator.*).
 _SECONDS = real(minimum=0.0)
 _POSITION = record(
     {"epoch": integer(1, MAX_EPOCH), "micro_batches": integer(0, INT_MAX),
-     "sums": list_of_length(real(), NUM_SUMS), "iterator": boolean, "finished": boolean,
+     "sums": list_of_length(real(), NUM_SUMS), "iterator": boolean, "next_iterator": boolean,
      "timing": record({"steady_seconds": _SECONDS, "steady_samples": _SECONDS,
                        "traced_seconds": _SECONDS, "traced_samples": _SECONDS},
                       {"last_lr": real(minimum=0.0)})})

@@ -90,8 +90,11 @@ class FitOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise TypeError(f"{name} must be a directory path or None, got {value!r}")
-        check_int("checkpoint_every", self.checkpoint_every)
         check_choice("checkpoint_unit", self.checkpoint_unit, CHECKPOINT_UNITS)
+        if self.checkpoint_unit == "second":  # wall time: any positive number of seconds
+            check_number("checkpoint_every", self.checkpoint_every, minimum=0.0, exclusive=True)
+        else:
+            check_int("checkpoint_every", self.checkpoint_every)
         check_bool("resume", self.resume)
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs checkpoint_dir, got checkpoint_dir=None")

@@ -18,6 +18,8 @@ import os
 import time
 import weakref
 
+import tensorflow as tf
+
 from exburn_tf import cadence
 from exburn_tf import checkpoint as checkpoint_lib
 from exburn_tf import checkpoint_dir as folder
@@ -25,6 +27,7 @@ from exburn_tf.checkpoint_writer import AsyncWriter
 from exburn_tf.step import MICRO_BATCHES
 
 KEEP_LAST = 3
+_FAIL_ON_EXTERNAL_STATE = 2  # tf.data's ExternalStatePolicy.FAIL
 # The epoch timing a position keeps (see `training._Fit._train_epoch`).
 _TIMING = ("steady_seconds", "steady_samples", "traced_seconds", "traced_samples", "last_lr")
 
@@ -71,33 +74,32 @@ class RunContext:
                 "num_samples": getattr(data, "num_samples", None),
                 "num_batches": getattr(data, "num_batches", None)}
 
-    def track(self, epoch, sums, timing, iterator=None, finished=False):
+    def track(self, epoch, sums, timing, iterators=None):
         """Follows the loop's position: the running `epoch`, its metric `sums` (a NumPy
-        vector updated in place) and `timing` dict, whether all its batches are trained
-        (`finished`: validation and callbacks still to run), and the tf.data `iterator`
-        to read from next, whose saved state resumes it — the next epoch's once
-        `finished` (None: array data, or an iterator that cannot be saved). Read when a
-        checkpoint is taken, never copied per call."""
-        self._tracked = (epoch, sums, timing, iterator, finished)
+        vector updated in place) and `timing` dict, and the tf.data iterators whose
+        saved states resume it ({"iterator": this epoch's, "next_iterator": the next
+        epoch's, made in advance}; none for array data or an iterator that cannot be
+        saved). Read when a checkpoint is taken, never copied per call."""
+        self._tracked = (epoch, sums, timing, dict(iterators or {}))
 
     def checkpoint_record(self):
         """(JSON meta, extra arrays) for `checkpoint.write`."""
         meta = {"epoch": self.epoch, "run_seed": self.seed,
                 "callbacks": self.callbacks.state(), "fit": self.signature}
         if self._tracked is not None:
-            epoch, sums, timing, iterator, finished = self._tracked
+            epoch, sums, timing, iterators = self._tracked
             meta["position"] = {
                 "epoch": epoch, "micro_batches": int(sums[MICRO_BATCHES]),
-                "sums": [float(value) for value in sums], "finished": finished,
-                "iterator": iterator is not None,
+                "sums": [float(value) for value in sums],
+                **{name: name in iterators for name in checkpoint_lib.ITERATORS},
                 "timing": {key: float(timing[key]) for key in _TIMING if key in timing}}
         arrays = [getattr(cb, "best_weights", None) for cb in self.callbacks]
         return meta, arrays
 
     @property
-    def iterator(self):
-        """The tf.data iterator of the tracked position, or None."""
-        return None if self._tracked is None else self._tracked[3]
+    def iterators(self):
+        """The tf.data iterators of the tracked position ({name: iterator})."""
+        return {} if self._tracked is None else self._tracked[3]
 
     def take_position(self, epoch):
         """The restored position if `epoch` is its epoch, else None; used once."""
@@ -247,12 +249,20 @@ def is_chief(strategy):
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
-def iterator_unsaveable(dataset, strategy):
-    """Why an iterator of `dataset` under `strategy` cannot save its position, or None."""
+def iterator_unsaveable(dataset):
+    """Why an iterator of `dataset` could not save its position, or None.
+
+    Asked of the dataset's graph, without making an iterator (which would draw a
+    reshuffling dataset's seeds and change the run's orders). Under a tf.distribute
+    strategy, distributed iterators are not saved.
+    """
+    if tf.distribute.has_strategy():
+        return "a distributed iterator's position is not saved; use array data"
     try:
-        checkpoint_lib.iterator_state(iter(strategy.experimental_distribute_dataset(dataset)))
-    except ValueError as error:
-        return str(error)
+        tf.raw_ops.DatasetToGraphV2(input_dataset=dataset._variant_tensor,
+                                    external_state_policy=_FAIL_ON_EXTERNAL_STATE)
+    except tf.errors.OpError as error:
+        return str(error).split(" [Op:")[0].split("}} ")[-1].strip()
     return None
 
 
@@ -262,8 +272,10 @@ class RunCheckpoints:
     `unit` "epoch": a checkpoint every n epochs (at the epoch's end); "step": every n
     optimizer steps (`Model.step` at multiples of n, at the end of the compiled call
     that reaches it — `steps_left` caps calls so none runs past); "second": n seconds
-    after the previous one, at the end of a call. The last epoch of a fit always ends
-    with a checkpoint. The newest `keep` are kept.
+    after the previous one, at the end of a call. One due at an epoch's last call is
+    taken at the epoch's end (after validation and callbacks), so no checkpoint holds
+    an epoch whose batches are all trained but whose end has not run. The last epoch of
+    a fit always ends with a checkpoint. The newest `keep` are kept.
 
     The chief checks the folder is writable and takes its run lock when the fit starts,
     and holds the lock for the run (released when this object goes, or the process
@@ -308,12 +320,12 @@ class RunCheckpoints:
             self.save(model)
 
     def after_epoch(self, model, epoch, last):
-        """At the end of an epoch: an epoch checkpoint if due, and always after the last."""
-        if self.unit == "epoch" and self.every.due(epoch):
-            self.every.fired(epoch)
-        elif not last:
-            return
-        self.save(model)
+        """At the end of an epoch: a checkpoint if one is due (a step / second one due
+        at the epoch's last call waited for its end), and always after the last epoch."""
+        now = epoch if self.unit == "epoch" else self._now(model.step)
+        if self.every.due(now) or last:
+            self.every.fired(now)
+            self.save(model)
 
     def save(self, model):
         """Snapshots the run now and writes it in the background (one write in flight)."""
@@ -321,7 +333,7 @@ class RunCheckpoints:
         if not self.chief:
             return
         meta, arrays = model.run_context.checkpoint_record()
-        content = checkpoint_lib.snapshot(model, meta, arrays, model.run_context.iterator)
+        content = checkpoint_lib.snapshot(model, meta, arrays, model.run_context.iterators)
         self.writer.submit(lambda: checkpoint_lib.commit(self.directory, content, self.keep))
 
     def save_now(self, model):
@@ -347,4 +359,4 @@ def save(model, directory, chief=True, keep=KEEP_LAST):
     if not chief:
         return None
     return checkpoint_lib.write(model, directory, *record, keep=keep,
-                                iterator=run.iterator if run is not None else None)
+                                iterators=run.iterators if run is not None else None)

@@ -120,7 +120,7 @@ class _Fit:
         """
         if self.checkpoints is None or self.train.arrays is not None:
             return False
-        reason = iterator_unsaveable(self.train.source, self.strategy)
+        reason = iterator_unsaveable(self.train.source)
         if reason is not None and self.opts.checkpoint_unit != "epoch":
             raise ValueError(
                 f"checkpoint_unit={self.opts.checkpoint_unit!r} needs a data position to "
@@ -240,7 +240,7 @@ class _Fit:
         self.model.history.append({k: v for k, v in metrics.items() if k != "model"})
         self.context.epoch = epoch
         self.context.track(epoch + 1, np.zeros(step_lib.NUM_SUMS), _fresh_timing(),
-                           self._upcoming_iterator(epoch))
+                           self._saved_iterators(self._next_iterator))
         self.context.run_deferred(self.model)
         last = epoch == opts.epochs or bool(metrics.get("stop_training"))
         self.control.after_epoch(self.model, self.pacer, epoch, last)
@@ -252,11 +252,11 @@ class _Fit:
         iterator, budget = self._iterator(epoch, position)
         total = self.steps_per_epoch
         sums, timing = _epoch_start(position)
-        finished = bool(position and position["finished"])
-        self.context.track(epoch, sums, timing, iterator if self.saves_iterator else None)
+        self.context.track(epoch, sums, timing,
+                           self._saved_iterators(iterator, self._next_iterator))
         max_in_row = 0.0
         done = int(sums[step_lib.STEPS])
-        while not finished and (total is None or done < total):
+        while total is None or done < total:
             num_steps = self.control.steps(self.pacer, None if total is None else total - done,
                                            self.model.step)
             traces = self.step.trace_count
@@ -287,9 +287,9 @@ class _Fit:
             _check_refused(out, epoch)
             self._report_progress(epoch, done, total, timing, sums)
             _check_skipped_in_row(max_in_row, self.opts)
-            if out[step_lib.DONE] or (total is not None and done >= total):
-                self.context.track(epoch, sums, timing, self._upcoming_iterator(epoch), True)
-            self.control.after_call(self.model, self.pacer)  # checkpoint, preemption
+            if not (out[step_lib.DONE] or (total is not None and done >= total)):
+                # Checkpoint, preemption; after an epoch's last call they wait for its end.
+                self.control.after_call(self.model, self.pacer)
             if out[step_lib.DONE]:
                 break
             if self.callbacks.stop_requested():
@@ -305,19 +305,22 @@ class _Fit:
         Array data: one iterator runs through all remaining epochs of the fit (each
         epoch still in its own seeded order); the budget stops each epoch at its end.
         A tf.data dataset: a new iterator per epoch, which ends the epoch itself.
+        A tf.data iterator whose position is saved comes with the next epoch's, made in
+        advance (`_next_iterator`): a reshuffling dataset draws each iterator's seeds
+        in turn, and a checkpoint holding both resumes the orders of both.
         A restored mid-epoch `position` is taken up: arrays skip its micro-batches of
-        the epoch, a tf.data iterator gets its saved state (the next epoch's iterator,
-        when the position had finished the epoch's batches).
+        the epoch, tf.data iterators get their saved states.
         """
         if self.train.arrays is None:
             iterator = self._next_iterator
             if iterator is None:
                 iterator = self._new_iterator(epoch)
+            self._restore_iterator(position, "iterator", iterator)
             self._next_iterator = None
-            if position is not None and position["iterator"]:
-                checkpoint_lib.restore_iterator(self.context.resumed_path, iterator)
-                if position["finished"]:
-                    self._next_iterator, iterator = iterator, None
+            if self.saves_iterator and epoch < self.opts.epochs:
+                # Made after the restore above, which set the seeds it draws.
+                self._next_iterator = self._new_iterator(epoch + 1)
+                self._restore_iterator(position, "next_iterator", self._next_iterator)
             return iterator, None
         if self._shared_iterator is None:
             skip = position["micro_batches"] if position is not None else 0
@@ -325,17 +328,19 @@ class _Fit:
             self._shared_iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
         return self._shared_iterator, self.train.num_batches
 
+    def _restore_iterator(self, position, name, iterator):
+        if position is not None and position[name]:
+            checkpoint_lib.restore_iterator(self.context.resumed_path, iterator, name)
+
     def _new_iterator(self, epoch):
         return iter(self.strategy.experimental_distribute_dataset(self.train.dataset(epoch)))
 
-    def _upcoming_iterator(self, epoch):
-        """tf.data whose position is saved: the iterator of epoch + 1, made now so that a
-        checkpoint holds its state (a shuffle's seeds for that epoch); else None."""
-        if not self.saves_iterator or epoch >= self.opts.epochs:
-            return None
-        if self._next_iterator is None:
-            self._next_iterator = self._new_iterator(epoch + 1)
-        return self._next_iterator
+    def _saved_iterators(self, iterator, next_iterator=None):
+        """{checkpoint name: iterator} of the tf.data iterators a checkpoint saves."""
+        if not self.saves_iterator:
+            return {}
+        pairs = zip(checkpoint_lib.ITERATORS, (iterator, next_iterator))
+        return {name: live for name, live in pairs if live is not None}
 
     def _report_progress(self, epoch, done, total, timing, sums):
         rate = _rate(timing)
