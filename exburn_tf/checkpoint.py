@@ -131,7 +131,8 @@ def snapshot(model, meta_extra=None, extra_arrays=(), iterators=None):
     """
     meta = _describe(model, dict(meta_extra or {}))
     meta["extra"] = [None if arrays is None else len(arrays) for arrays in extra_arrays]
-    tensors = {key.replace("/", "__"): np.array(_tf_variable(v)) for key, v in _entries(model)}
+    tensors = {key.replace("/", "__"): np.array(tf.convert_to_tensor(_tf_variable(v)))
+               for key, v in _entries(model)}
     extras = {f"{i}_{j}": np.array(array) for i, arrays in enumerate(extra_arrays)
               for j, array in enumerate(arrays or ())}
     states = {name: iterator_state(it) for name, it in (iterators or {}).items()}

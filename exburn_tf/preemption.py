@@ -7,9 +7,10 @@
                                       # previous handlers restored on the way out
 
 The handler only sets a flag: the running call finishes, so the checkpoint holds a
-consistent state. Under several workers `Agreement` all-reduces the flag (MAX) at the end
+consistent state. Under several workers `Agreement` all-reduces the flag (SUM) at the end
 of every call, so a signal to any worker stops all of them after the same call; the same
-reduction agrees on the next call's length, so the workers' calls stay in step.
+reduction gives every worker the first worker's length for the next call, so the
+workers' calls stay in step.
 """
 
 import signal
@@ -61,25 +62,30 @@ class SignalWatch:
 
 
 class Agreement:
-    """(stop, steps) agreed by every worker: the MAX of each over the workers.
+    """(stop, steps) agreed by every worker: stop if any worker asks, the steps of the
+    first worker's proposal.
 
-    One small all-reduce per call under `MultiWorkerMirroredStrategy`; without several
-    workers, the values as given.
+    One small all-reduce (SUM) per call under `MultiWorkerMirroredStrategy`; without
+    several workers, the values as given.
     """
 
     def __init__(self, strategy):
         self.strategy = strategy
         self.multi_worker = getattr(strategy.extended, "_in_multi_worker_mode",
                                     lambda: False)()
-        self._reduce = tf.function(self._max) if self.multi_worker else None
+        self._reduce = tf.function(self._sum) if self.multi_worker else None
 
     def __call__(self, stop, steps):
         if not self.multi_worker:
             return bool(stop), steps
         agreed = self._reduce(tf.constant([float(stop), float(steps)])).numpy()
-        return bool(agreed[0]), int(agreed[1])
+        return agreed[0] > 0, int(agreed[1])
 
-    def _max(self, values):
-        # Every replica holds the worker's values; MAX over replicas is MAX over workers.
-        per_replica = self.strategy.run(lambda: tf.identity(values))
-        return self.strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None)
+    def _sum(self, values):
+        def replica_values():
+            # Every replica votes to stop; only global replica 0 proposes the steps.
+            first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+            return tf.stack([values[0], tf.where(first, values[1], 0.0)])
+
+        per_replica = self.strategy.run(replica_values)
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
