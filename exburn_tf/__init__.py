@@ -19,6 +19,7 @@ from exburn_tf import optimizers
 from exburn_tf import schedules
 from exburn_tf import training
 from exburn_tf.model import Model
+from exburn_tf.preemption import Preempted
 from exburn_tf.training import compute_gradients
 from exburn_tf.training import data_loader
 from exburn_tf.training import evaluate
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Model",
+    "Preempted",
     "callbacks",
     "compute_gradients",
     "data_loader",

@@ -7,9 +7,18 @@ A checkpoint is one directory holding a `tf.train.Checkpoint` (TensorFlow's own 
     optimizer/0000 ...  every optimizer variable (step counter, rate, slots)
     state/<name>        TrainingState counters (global/run step, epoch, lr_scale, ...)
     meta.json           format, epoch, shuffle seed, history, callback state, model /
-                        loss / optimizer configs, the Keras path of every entry above
+                        loss / optimizer configs, the Keras path of every entry above,
+                        the data position (`position`: epoch, micro-batches, metric sums)
     extra.npz           arrays of built-in callbacks (EarlyStopping's best weights),
                         read with allow_pickle=False
+    iterator.*          a tf.data iterator's own state, and next_iterator.* that of the
+                        next epoch's (made in advance: a reshuffling dataset's next order
+                        is its seeds), only when `position` says so
+
+Writing is two halves: `snapshot` copies everything to host memory (NumPy arrays, the
+iterator's serialized state) on the training thread, cheaply; `commit` writes, fsyncs
+and renames it, and may run on a background thread (`checkpoint_writer`) while training
+goes on. `write` does both.
 
 (The two extra files are not variables on purpose: under a tf.distribute strategy a new
 variable would be a mirrored, collectively initialised one, which strings cannot be.)
@@ -39,8 +48,12 @@ import tempfile
 import warnings
 import zipfile
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.trackable import base as trackable
 
 from exburn_tf import checkpoint_dir as folder
 from exburn_tf import checkpoint_meta as meta_lib
@@ -50,6 +63,7 @@ from exburn_tf.checkpoint_meta import CorruptCheckpointError
 
 FORMAT = "exburn_tf-checkpoint-1"
 _PREFIX = folder.PREFIX
+ITERATORS = ("iterator", "next_iterator")  # file prefixes, and flags of meta "position"
 
 
 class CheckpointRemovedError(CorruptCheckpointError):
@@ -79,7 +93,88 @@ def _describe(model, meta_extra):
     return meta
 
 
-def write(model, directory, meta_extra=None, extra_arrays=(), keep=None):
+@dataclasses.dataclass
+class Snapshot:
+    """A checkpoint's content in host memory, independent of the live model.
+
+    Attributes:
+        tensors: {file key: NumPy array}, one per variable.
+        meta: the meta.json record.
+        extras: {name: NumPy array} for extra.npz.
+        iterator_states: {"iterator" / "next_iterator": a tf.data iterator's serialized
+            state (a variant tensor)}.
+    """
+
+    tensors: dict
+    meta: dict
+    extras: dict
+    iterator_states: dict = dataclasses.field(default_factory=dict)
+
+
+class _Saved(trackable.Trackable):
+    """A value saved under the checkpoint key a live object would use (`attribute`):
+    "VARIABLE_VALUE" for a variable, "ITERATOR_STATE" for a tf.data iterator."""
+
+    def __init__(self, attribute, value):
+        self._attribute, self._value = attribute, value
+
+    def _serialize_to_tensors(self):
+        return {self._attribute: self._value}
+
+
+def snapshot(model, meta_extra=None, extra_arrays=(), iterators=None):
+    """Copies the model's full state (and that of `iterators`, {name: tf.data iterator},
+    names from `ITERATORS`) into a `Snapshot`.
+
+    Raises:
+        ValueError: an iterator cannot be saved (see `iterator_state`).
+    """
+    meta = _describe(model, dict(meta_extra or {}))
+    meta["extra"] = [None if arrays is None else len(arrays) for arrays in extra_arrays]
+    tensors = {key.replace("/", "__"): np.array(tf.convert_to_tensor(_tf_variable(v)))
+               for key, v in _entries(model)}
+    extras = {f"{i}_{j}": np.array(array) for i, arrays in enumerate(extra_arrays)
+              for j, array in enumerate(arrays or ())}
+    states = {name: iterator_state(it) for name, it in (iterators or {}).items()}
+    # Through JSON now: a value the record shares with the live run cannot change later.
+    meta = json.loads(json.dumps(meta, default=_json_default))
+    return Snapshot(tensors, meta, extras, states)
+
+
+def iterator_state(iterator):
+    """The serialized state of a tf.data iterator (a copy, taken now).
+
+    Raises:
+        ValueError: the iterator cannot be saved (e.g. `from_generator`: "PyFunc is
+            stateful", or a distributed iterator).
+    """
+    serialize = getattr(iterator, "_serialize_to_tensors", None)
+    if serialize is None:
+        raise ValueError(f"a {type(iterator).__name__} cannot save its position")
+    try:
+        return tf.identity(next(iter(serialize().values())))
+    except (tf.errors.OpError, TypeError, ValueError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else \
+            type(error).__name__
+        raise ValueError(detail.split(" [Op:")[0].split("}} ")[-1]) from None
+
+
+def restore_iterator(path, iterator, name="iterator"):
+    """Sets `iterator` to the state `name` (see `ITERATORS`) saved in checkpoint `path`.
+
+    Raises:
+        CorruptCheckpointError: the state is missing or cannot be read.
+    """
+    try:
+        tf.train.Checkpoint(iterator=iterator).read(
+            os.path.join(path, name)).assert_consumed()
+    except (tf.errors.OpError, AssertionError, ValueError) as error:
+        raise CorruptCheckpointError(
+            f"checkpoint {path!r}: the tf.data iterator state cannot be restored: "
+            f"{str(error).strip().splitlines()[0]}") from None
+
+
+def write(model, directory, meta_extra=None, extra_arrays=(), keep=None, iterators=None):
     """Writes a complete checkpoint of `model` under `directory`; returns its path.
 
     Holds the folder's run lock while writing; staging folders of a killed writer are
@@ -92,34 +187,35 @@ def write(model, directory, meta_extra=None, extra_arrays=(), keep=None):
         meta_extra: JSON-serialisable run information (epoch, seed, callbacks, ...).
         extra_arrays: lists of NumPy arrays to store too (e.g. best weights), or None.
         keep: keep only the newest `keep` checkpoints (None: keep all).
+        iterators: {name: tf.data iterator} whose states to store too (see `snapshot`).
 
     Raises:
         CheckpointDirError: the folder is unusable or in use by another process.
         OSError: the write failed; the message names the folder and the last checkpoint.
     """
+    return commit(directory, snapshot(model, meta_extra, extra_arrays, iterators), keep)
+
+
+def commit(directory, content, keep=None):
+    """Writes the `Snapshot` `content` as the next checkpoint of `directory` (see `write`)."""
     directory = folder.check_writable(directory, what="checkpoint directory")
     with folder.lock(directory, what="checkpoint directory"):
         folder.remove_stale_staging(directory)
         # Numbered in write order, not by step: a new run written into a directory that
         # holds an older, longer run must still count as the newest.
         target = os.path.join(directory, folder.next_name(directory))
-        meta = _describe(model, dict(meta_extra or {}))
-        meta["extra"] = [None if arrays is None else len(arrays) for arrays in extra_arrays]
-        tensors = {key.replace("/", "__"): _tf_variable(v) for key, v in _entries(model)}
-        extras = {f"{i}_{j}": np.asarray(array) for i, arrays in enumerate(extra_arrays)
-                  for j, array in enumerate(arrays or ())}
-        _commit(directory, target, tensors, meta, extras)
+        _commit(directory, target, content)
         if keep is not None:
             folder.prune(directory, keep)
     return target
 
 
-def _commit(directory, target, tensors, meta, extras):
+def _commit(directory, target, content):
     """Writes the files into a staging folder, then renames it to `target` (atomic)."""
     staging = None
     try:
         staging = tempfile.mkdtemp(prefix=folder.STAGING_PREFIX, dir=directory)
-        _write_files(staging, tensors, meta, extras)
+        _write_files(staging, content)
         os.rename(staging, target)  # the commit point
         _fsync_dir(directory)
     except (OSError, tf.errors.OpError) as error:
@@ -129,11 +225,17 @@ def _commit(directory, target, tensors, meta, extras):
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_files(staging, tensors, meta, extras):
-    tf.train.Checkpoint(**tensors).write(os.path.join(staging, _PREFIX))
+def _write_files(staging, content):
+    with tf.device("/cpu:0"):
+        saved = {key: _Saved("VARIABLE_VALUE", tf.constant(value))
+                 for key, value in content.tensors.items()}
+        tf.train.Checkpoint(**saved).write(os.path.join(staging, _PREFIX))
+        for name, state in content.iterator_states.items():
+            tf.train.Checkpoint(iterator=_Saved("ITERATOR_STATE", state)).write(
+                os.path.join(staging, name))
     with open(os.path.join(staging, "meta.json"), "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, default=_json_default)
-    np.savez(os.path.join(staging, "extra.npz"), **extras)
+        json.dump(content.meta, handle)
+    np.savez(os.path.join(staging, "extra.npz"), **content.extras)
     _fsync_tree(staging)
 
 
@@ -207,8 +309,20 @@ def _read(path):
         raise CorruptCheckpointError(f"checkpoint {path!r}: unknown format "
                                      f"{meta['format']!r}, expected {FORMAT!r}")
     meta["extra_arrays"] = meta_lib.extra_arrays(path, meta, arrays)
+    _check_iterator_files(path, meta)
     values.update({f"extra/{k}": v for k, v in arrays.items()})
     return meta, values
+
+
+def _check_iterator_files(path, meta):
+    """A position that announces an iterator state needs its files (the state itself is
+    only readable by restoring it into an iterator: `restore_iterator`)."""
+    position = meta.get("position", {})
+    for name in ITERATORS:
+        if position.get(name) and not os.path.exists(os.path.join(path, name + ".index")):
+            raise CorruptCheckpointError(
+                f"checkpoint {path!r}: meta.json field 'position' announces a tf.data "
+                f"iterator state {name!r}, but {name}.index is missing")
 
 
 def newest_intact(directory, attempt):

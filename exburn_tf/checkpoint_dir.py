@@ -13,7 +13,8 @@ The run lock is an `fcntl.flock` on the folder itself (an open directory descrip
 lock file is left in the folder): the kernel drops it when its holder dies (SIGKILL
 included), so a killed run never leaves the folder stuck. Within one process the lock is
 shared: every writer of this process uses the same held lock, which is released once
-nothing holds it any more (normally when `fit` returns) or at exit.
+nothing holds it any more (normally when `fit` returns) or at exit; writing threads take
+turns through it.
 """
 
 import errno
@@ -139,16 +140,24 @@ def check_writable(directory, what="checkpoint_dir"):
 
 
 class _HeldLock:
-    """One open, flock'ed folder descriptor; closing it (or dying) releases the lock."""
+    """One open, flock'ed folder descriptor; closing it (or dying) releases the lock.
+
+    `with` it, the threads of this process take turns (a checkpoint written in the
+    background and one written by a callback must not meet in the folder).
+    """
 
     def __init__(self, descriptor):
         self._finalizer = weakref.finalize(self, os.close, descriptor)
+        self._turn = threading.RLock()
 
     def __enter__(self):
+        self._turn.acquire()
         return self
 
     def __exit__(self, *exc):
-        """Nothing to do: the lock lasts while any holder keeps a reference."""
+        """Ends this thread's turn; the lock itself lasts while any holder keeps a
+        reference."""
+        self._turn.release()
 
 
 _held = weakref.WeakValueDictionary()  # realpath -> _HeldLock of this process

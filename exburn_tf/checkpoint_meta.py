@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from exburn_tf.step import MICRO_BATCHES, NUM_SUMS
+
 MAX_DEPTH = 64  # a Keras model config nests a few levels per sub-model
 MAX_EPOCH = 2**31 - 1
 SEED_MAX = 2**63 - 1  # tf.data and tf.random take int64 seeds
@@ -159,6 +161,14 @@ def record(required, optional_keys=None):
     return check
 
 
+def list_of_length(inner, length):
+    def check(value):
+        if not isinstance(value, list) or len(value) != length:
+            raise _Invalid(f"must be a list of {length} values, got {_short(value)}")
+        list_of(inner)(value)
+    return check
+
+
 def any_json(value):
     """Any parsed JSON value (its depth is bounded by `parse_json`)."""
 
@@ -203,6 +213,17 @@ _CALLBACK_STATE = record({"class": string, "state": any_json})
 _MODEL_CONFIG = record({"class": one_of(equal("Sequential"), equal("Functional")),
                         "config": dict_of(any_json)})
 
+# Where the run stands in its data: the running epoch, the micro-batches of it already
+# trained, the epoch's metric sums and timing so far (see `training._Fit._train_epoch`),
+# and whether tf.data iterator states are stored too (iterator.*, next_iterator.*).
+_SECONDS = real(minimum=0.0)
+_POSITION = record(
+    {"epoch": integer(1, MAX_EPOCH), "micro_batches": integer(0, INT_MAX),
+     "sums": list_of_length(real(), NUM_SUMS), "iterator": boolean, "next_iterator": boolean,
+     "timing": record({"steady_seconds": _SECONDS, "steady_samples": _SECONDS,
+                       "traced_seconds": _SECONDS, "traced_samples": _SECONDS},
+                      {"last_lr": real(minimum=0.0)})})
+
 FIELDS = {
     # name: (required, check)
     "format": (True, string),  # the version itself is compared by `checkpoint.read`
@@ -220,6 +241,7 @@ FIELDS = {
     "run_seed": (False, integer(0, SEED_MAX)),
     "callbacks": (False, dict_of(_CALLBACK_STATE, keys=digits)),
     "fit": (False, _FIT_SIGNATURE),
+    "position": (False, _POSITION),
 }
 
 
@@ -248,7 +270,25 @@ def validate(path, meta):
         except _Invalid as error:
             raise CorruptCheckpointError(
                 f"checkpoint {path!r}: meta.json field {name!r} {error}") from None
+    _check_position(path, meta)
     return meta
+
+
+def _check_position(path, meta):
+    """The position's epoch is the one after the last complete epoch (`epoch`)."""
+    position = meta.get("position")
+    if position is None:
+        return
+    if position["epoch"] != meta.get("epoch", 0) + 1:
+        raise CorruptCheckpointError(
+            f"checkpoint {path!r}: meta.json field 'position' is in epoch "
+            f"{position['epoch']}, but field 'epoch' says {meta.get('epoch', 0)} epochs "
+            "are complete")
+    if int(position["sums"][MICRO_BATCHES]) != position["micro_batches"]:
+        raise CorruptCheckpointError(
+            f"checkpoint {path!r}: meta.json field 'position' counts "
+            f"{position['micro_batches']} micro-batches, its sums "
+            f"{position['sums'][MICRO_BATCHES]!r}")
 
 
 def extra_arrays(path, meta, arrays):

@@ -371,8 +371,9 @@ class TrainData:
             return self.source
         return self.epochs(epoch, epoch)
 
-    def epochs(self, first, last):
-        """Array data: one dataset running through epochs `first`..`last` in order.
+    def epochs(self, first, last, skip=0):
+        """Array data: one dataset running through epochs `first`..`last` in order,
+        without the first `skip` batches of epoch `first` (a resumed mid-epoch position).
 
         Each epoch's permutation is `stateless_shuffle` of the indices with seed
         (run seed, epoch) — a pure function of the two, so a resumed run replays the same
@@ -401,6 +402,7 @@ class TrainData:
 
         return (tf.data.Dataset.range(first, last + 1)
                 .flat_map(epoch_batches)
+                .skip(skip)  # index batches only: nothing is gathered for them
                 .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
                 .prefetch(tf.data.AUTOTUNE))
 

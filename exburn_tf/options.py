@@ -15,6 +15,7 @@ from exburn_tf.validation import (INT32_MAX, INT64_MAX, check_bool, check_choice
 
 GRAD_METHODS = ("autodiff", "numerical", "numerical_batch")
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
+CHECKPOINT_UNITS = ("epoch", "step", "second")
 
 
 @dataclasses.dataclass
@@ -47,6 +48,7 @@ class FitOptions:
     tensorboard: Any = None
     checkpoint_dir: Any = None
     checkpoint_every: int = 1
+    checkpoint_unit: str = "epoch"
     resume: bool = False
     terminate_on_nan: bool = True
     max_skipped_steps: int = 100
@@ -105,7 +107,11 @@ class FitOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise TypeError(f"{name} must be a directory path or None, got {value!r}")
-        check_int("checkpoint_every", self.checkpoint_every)
+        check_choice("checkpoint_unit", self.checkpoint_unit, CHECKPOINT_UNITS)
+        if self.checkpoint_unit == "second":  # wall time: any positive number of seconds
+            check_number("checkpoint_every", self.checkpoint_every, minimum=0.0, exclusive=True)
+        else:
+            check_int("checkpoint_every", self.checkpoint_every)
         check_bool("resume", self.resume)
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs checkpoint_dir, got checkpoint_dir=None")

@@ -3,20 +3,33 @@
 `RunContext` is attached to the model during `fit` (`model.run_context`) so that anything
 saving mid-run — `fit(checkpoint_dir=...)`, `eb.callbacks.Checkpoint`, `model.save` — can
 write the complete record: the epoch reached, the shuffle seed of the run (each epoch's
-permutation is a pure function of it), and the built-in callbacks' state.
+permutation is a pure function of it), the built-in callbacks' state, and the data
+position (`track`): the running epoch, its micro-batches so far, its metric sums and
+timing, and for tf.data the iterator, whose own state is saved with it.
+
+`RunCheckpoints` is `fit(checkpoint_dir=..., checkpoint_every=n, checkpoint_unit=u)`:
+one `cadence.Every` decides, at the end of an epoch ("epoch") or of a compiled call
+("step", "second"), and the files are written by an `AsyncWriter`.
 """
 
 import math
 import numbers
 import os
-import shutil
-import tempfile
+import time
 import weakref
 
+import tensorflow as tf
+
+from exburn_tf import cadence
 from exburn_tf import checkpoint as checkpoint_lib
 from exburn_tf import checkpoint_dir as folder
+from exburn_tf.checkpoint_writer import AsyncWriter
+from exburn_tf.step import MICRO_BATCHES
 
 KEEP_LAST = 3
+_FAIL_ON_EXTERNAL_STATE = 2  # tf.data's ExternalStatePolicy.FAIL
+# The epoch timing a position keeps (see `training._Fit._train_epoch`).
+_TIMING = ("steady_seconds", "steady_samples", "traced_seconds", "traced_samples", "last_lr")
 
 # Options that fix the data position of every step: a resume must not change them.
 _POSITION_OPTIONS = ("batch_size", "accumulate_gradients", "shuffle", "num_samples",
@@ -42,6 +55,9 @@ class RunContext:
         # Weakly: the model keeps its run context after fit, not the training data.
         self._data = weakref.ref(data) if data is not None else lambda: None
         self.epoch = 0
+        self.position = None  # the position restored by `resume`, until fit takes it
+        self.resumed_path = None
+        self._tracked = None  # (epoch, sums, timing, iterator), live objects of the loop
         self._deferred = []
         self.deferring = False  # True while fit runs the callbacks of an epoch
         self._options = {
@@ -58,12 +74,37 @@ class RunContext:
                 "num_samples": getattr(data, "num_samples", None),
                 "num_batches": getattr(data, "num_batches", None)}
 
+    def track(self, epoch, sums, timing, iterators=None):
+        """Follows the loop's position: the running `epoch`, its metric `sums` (a NumPy
+        vector updated in place) and `timing` dict, and the tf.data iterators whose
+        saved states resume it ({"iterator": this epoch's, "next_iterator": the next
+        epoch's, made in advance}; none for array data or an iterator that cannot be
+        saved). Read when a checkpoint is taken, never copied per call."""
+        self._tracked = (epoch, sums, timing, dict(iterators or {}))
+
     def checkpoint_record(self):
         """(JSON meta, extra arrays) for `checkpoint.write`."""
         meta = {"epoch": self.epoch, "run_seed": self.seed,
                 "callbacks": self.callbacks.state(), "fit": self.signature}
+        if self._tracked is not None:
+            epoch, sums, timing, iterators = self._tracked
+            meta["position"] = {
+                "epoch": epoch, "micro_batches": int(sums[MICRO_BATCHES]),
+                "sums": [float(value) for value in sums],
+                **{name: name in iterators for name in checkpoint_lib.ITERATORS},
+                "timing": {key: float(timing[key]) for key in _TIMING if key in timing}}
         arrays = [getattr(cb, "best_weights", None) for cb in self.callbacks]
         return meta, arrays
+
+    @property
+    def iterators(self):
+        """The tf.data iterators of the tracked position ({name: iterator})."""
+        return {} if self._tracked is None else self._tracked[3]
+
+    def take_position(self, epoch):
+        """The restored position if `epoch` is its epoch, else None; used once."""
+        position, self.position = self.position, None
+        return position if position is not None and position["epoch"] == epoch else None
 
     def defer(self, action):
         """Runs `action(model)` once the current epoch is complete (see `run_deferred`).
@@ -122,6 +163,7 @@ class RunContext:
         """
         self.seed = meta.get("run_seed", self.seed)
         self.epoch = meta.get("epoch", 0)
+        self.position = meta.get("position")
         if "callbacks" in meta:
             self.callbacks.load_state(meta["callbacks"])
         for callback, arrays in zip(self.callbacks, meta["extra_arrays"]):
@@ -143,6 +185,7 @@ class RunContext:
         if path is None:
             return None
         self.restore_record(meta)
+        self.resumed_path = path
         history = meta["history"] or [{}]
         if history[-1].get("stop_training"):
             return self._options["epochs"] + 1  # the run had stopped (early stopping): over
@@ -206,44 +249,114 @@ def is_chief(strategy):
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
-class EpochCheckpoints:
-    """`fit(checkpoint_dir=..., checkpoint_every=n)`: a checkpoint every n epochs.
+def iterator_unsaveable(dataset):
+    """Why an iterator of `dataset` could not save its position, or None.
+
+    Asked of the dataset's graph, without making an iterator (which would draw a
+    reshuffling dataset's seeds and change the run's orders). Under a tf.distribute
+    strategy, distributed iterators are not saved.
+    """
+    if tf.distribute.has_strategy():
+        return "a distributed iterator's position is not saved; use array data"
+    try:
+        tf.raw_ops.DatasetToGraphV2(input_dataset=dataset._variant_tensor,
+                                    external_state_policy=_FAIL_ON_EXTERNAL_STATE)
+    except tf.errors.OpError as error:
+        return str(error).split(" [Op:")[0].split("}} ")[-1].strip()
+    return None
+
+
+class RunCheckpoints:
+    """`fit(checkpoint_dir=..., checkpoint_every=n, checkpoint_unit=unit)`.
+
+    `unit` "epoch": a checkpoint every n epochs (at the epoch's end); "step": every n
+    optimizer steps (`Model.step` at multiples of n, at the end of the compiled call
+    that reaches it — `steps_left` caps calls so none runs past); "second": n seconds
+    after the previous one, at the end of a call. One due at an epoch's last call is
+    taken at the epoch's end (after validation and callbacks), so no checkpoint holds
+    an epoch whose batches are all trained but whose end has not run. The last epoch of
+    a fit always ends with a checkpoint. The newest `keep` are kept.
 
     The chief checks the folder is writable and takes its run lock when the fit starts,
     and holds the lock for the run (released when this object goes, or the process
-    dies), so that an unusable or shared folder is an error before any training. Every
-    worker writes (tf.distribute saving may need all of them); non-chief workers write
-    to a private temporary directory that is removed straight away, and do not lock.
+    dies), so that an unusable or shared folder is an error before any training. Only
+    the chief writes files; the other workers' saves do nothing.
 
     Raises:
         CheckpointDirError: the folder cannot be written, or another live run uses it.
     """
 
-    def __init__(self, directory, every, chief=True, keep=KEEP_LAST):
+    def __init__(self, directory, every, unit="epoch", chief=True, keep=KEEP_LAST):
         self.directory = os.fspath(directory)
-        self.every = every
+        self.unit = unit
         self.chief = chief
         self.keep = keep
+        self.writer = AsyncWriter()
         self.lock = None
         if chief:
             folder.check_writable(self.directory)
             self.lock = folder.lock(self.directory)
+        self.every = cadence.Every(every, start=self._now(0), aligned=unit != "second")
+        self.saved_at = None  # (Model.step, epochs complete) of the last checkpoint taken
 
-    def maybe_save(self, model, epoch, last):
-        if epoch % self.every and not last:
-            return None
-        return save(model, self.directory, self.chief, self.keep)
+    def _now(self, step):
+        return time.monotonic() if self.unit == "second" else step
+
+    def start(self, step, epoch):
+        """Starts the cadence from where the run stands (`step`, epochs complete)."""
+        self.every.fired({"epoch": epoch, "step": step, "second": time.monotonic()}[self.unit])
+
+    def steps_left(self, step):
+        """Optimizer steps a call may run before the next step checkpoint (None: any)."""
+        return self.every.left(step) if self.unit == "step" else None
+
+    def after_call(self, model):
+        """At the end of a compiled call: a step / second checkpoint if one is due."""
+        if self.unit == "epoch":
+            return
+        now = self._now(model.step)
+        if self.every.due(now):
+            self.every.fired(now)
+            self.save(model)
+
+    def after_epoch(self, model, epoch, last):
+        """At the end of an epoch: a checkpoint if one is due (a step / second one due
+        at the epoch's last call waited for its end), and always after the last epoch."""
+        now = epoch if self.unit == "epoch" else self._now(model.step)
+        if self.every.due(now) or last:
+            self.every.fired(now)
+            self.save(model)
+
+    def save(self, model):
+        """Snapshots the run now and writes it in the background (one write in flight)."""
+        self.saved_at = (model.step, model.run_context.epoch)
+        if not self.chief:
+            return
+        meta, arrays = model.run_context.checkpoint_record()
+        content = checkpoint_lib.snapshot(model, meta, arrays, model.run_context.iterators)
+        self.writer.submit(lambda: checkpoint_lib.commit(self.directory, content, self.keep))
+
+    def save_now(self, model):
+        """A checkpoint of the state now (unless the last one is of this step), written
+        before returning; returns its path (None on workers that write no files)."""
+        if self.saved_at != (model.step, model.run_context.epoch):
+            self.save(model)
+        return self.wait()
+
+    def wait(self):
+        """Waits for the write in flight, raising its error; returns the newest path."""
+        return self.writer.wait() if self.chief else None
 
 
 def save(model, directory, chief=True, keep=KEEP_LAST):
-    """Writes the model's full state (with its run record, if any) into `directory`."""
-    record = model.run_context.checkpoint_record() if getattr(
-        model, "run_context", None) else ({}, ())
-    if chief:
-        return checkpoint_lib.write(model, directory, *record, keep=keep)
-    scratch = tempfile.mkdtemp(prefix="exburn-worker-")
-    try:
-        checkpoint_lib.write(model, scratch, *record, keep=1)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return None
+    """Writes the model's full state (with its run record, if any) into `directory`.
+
+    Only the chief writes (the others return None): a snapshot reads each worker's own
+    copy of the variables, so no worker needs the others to save.
+    """
+    run = getattr(model, "run_context", None)
+    record = run.checkpoint_record() if run is not None else ({}, ())
+    if not chief:
+        return None
+    return checkpoint_lib.write(model, directory, *record, keep=keep,
+                                iterators=run.iterators if run is not None else None)

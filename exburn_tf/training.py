@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from exburn_tf import cache as cache_lib
+from exburn_tf import checkpoint as checkpoint_lib
 from exburn_tf import callbacks as callbacks_lib
 from exburn_tf import data as data_lib
 from exburn_tf import gradients as gradients_lib
@@ -28,7 +29,8 @@ from exburn_tf.evaluation import evaluate, evaluate_dataset
 from exburn_tf.model import Model
 from exburn_tf.options import FitOptions
 from exburn_tf.pacing import CallPacer
-from exburn_tf.resume import EpochCheckpoints, RunContext, is_chief
+from exburn_tf.call_control import CallControl
+from exburn_tf.resume import RunCheckpoints, RunContext, is_chief, iterator_unsaveable
 from exburn_tf.validation import check_number
 
 __all__ = ["fit", "evaluate", "train_step", "compute_gradients", "data_loader", "profile_step"]
@@ -100,8 +102,13 @@ class _Fit:
                                   data=self.train)
         self.checkpoints = None
         if opts.checkpoint_dir is not None:
-            self.checkpoints = EpochCheckpoints(opts.checkpoint_dir, opts.checkpoint_every,
-                                                chief=self.chief)
+            self.checkpoints = RunCheckpoints(opts.checkpoint_dir, opts.checkpoint_every,
+                                              opts.checkpoint_unit, chief=self.chief)
+        # -- preemption / mid-epoch checkpoints (SPEC §12) --
+        self.saves_iterator = self._iterator_saveable()
+        self.control = CallControl(strategy, self.checkpoints,
+                                   mid_epoch=self.train.arrays is not None or self.saves_iterator)
+        self._next_iterator = None  # tf.data: the next epoch's iterator, made in advance
         self.steps_per_epoch = self.train.steps_per_epoch(opts.accumulate_gradients)
         if opts.lr_schedule_unit == "step" and isinstance(opts.lr_schedule, tuple) and \
                 self.steps_per_epoch is None:
@@ -115,6 +122,23 @@ class _Fit:
         self._check_model(model)
         self.model = model
         self._model_settings = contextlib.ExitStack()
+
+    def _iterator_saveable(self):
+        """tf.data with a checkpoint_dir: whether its iterator can save its position.
+
+        Raises:
+            ValueError: it cannot, and step / second checkpoints are asked for.
+        """
+        if self.checkpoints is None or self.train.arrays is not None:
+            return False
+        reason = iterator_unsaveable(self.train.source)
+        if reason is not None and self.opts.checkpoint_unit != "epoch":
+            raise ValueError(
+                f"checkpoint_unit={self.opts.checkpoint_unit!r} needs a data position to "
+                f"save mid-epoch, but this tf.data.Dataset's iterator cannot be saved "
+                f"({reason}); use checkpoint_unit='epoch', or a dataset without Python "
+                "generators / py_function")
+        return reason is None
 
     def _check_model(self, model):
         """Checks `model` against the options and the data, before it trains."""
@@ -163,7 +187,9 @@ class _Fit:
         self.epoch_seconds = []
         metrics = {}
         mixed_precision.start_loss_scale(model.state, opts.mixed_precision)
-        with self._model_settings:
+        if self.checkpoints is not None:
+            self.checkpoints.start(model.step, first_epoch - 1)
+        with self._model_settings, self.control:
             self._bind(model)
             for epoch in range(first_epoch, opts.epochs + 1):
                 metrics = self._epoch(epoch, started)
@@ -237,23 +263,26 @@ class _Fit:
         self.progress.epoch_end(metrics)
         self.model.history.append({k: v for k, v in metrics.items() if k != "model"})
         self.context.epoch = epoch
+        self.context.track(epoch + 1, np.zeros(step_lib.NUM_SUMS), _fresh_timing(),
+                           self._saved_iterators(self._next_iterator))
         self.context.run_deferred(self.model)
-        if self.checkpoints is not None:
-            last = epoch == opts.epochs or bool(metrics.get("stop_training"))
-            self.checkpoints.maybe_save(self.model, epoch, last)
+        last = epoch == opts.epochs or bool(metrics.get("stop_training"))
+        self.control.after_epoch(self.model, self.pacer, epoch, last)
         return metrics
 
     def _train_epoch(self, epoch):
         """Runs the compiled step until the epoch's batches are used up."""
-        iterator, budget = self._iterator(epoch)
+        position = self.context.take_position(epoch)  # resuming mid-epoch
+        iterator, budget = self._iterator(epoch, position)
         total = self.steps_per_epoch
-        sums = np.zeros(step_lib.NUM_SUMS)
+        sums, timing = _epoch_start(position)
+        self.context.track(epoch, sums, timing,
+                           self._saved_iterators(iterator, self._next_iterator))
         max_in_row = 0.0
-        timing = {"steady_seconds": 0.0, "steady_samples": 0.0, "traced_seconds": 0.0,
-                  "traced_samples": 0.0}
-        done = 0
+        done = int(sums[step_lib.STEPS])
         while total is None or done < total:
-            num_steps = self.pacer.next(None if total is None else total - done)
+            num_steps = self.control.steps(self.pacer, None if total is None else total - done,
+                                           self.model.step)
             traces = self.step.trace_count
             call_start = time.perf_counter()
             try:
@@ -282,6 +311,9 @@ class _Fit:
             _check_refused(out, epoch)
             self._report_progress(epoch, done, total, timing, sums)
             _check_skipped_in_row(max_in_row, self.opts)
+            if not (out[step_lib.DONE] or (total is not None and done >= total)):
+                # Checkpoint, preemption; after an epoch's last call they wait for its end.
+                self.control.after_call(self.model, self.pacer)
             if out[step_lib.DONE]:
                 if self.opts.steps_per_epoch is not None and done < total:
                     timing["stopped"] = True  # the data ran out before steps_per_epoch
@@ -293,12 +325,17 @@ class _Fit:
                 break
         return sums, timing
 
-    def _iterator(self, epoch):
+    def _iterator(self, epoch, position=None):
         """(iterator, micro-batch budget of the epoch) for `epoch`.
 
         Array data: one iterator runs through all remaining epochs of the fit (each
         epoch still in its own seeded order); the budget stops each epoch at its end.
         A tf.data dataset: a new iterator per epoch, which ends the epoch itself.
+        A tf.data iterator whose position is saved comes with the next epoch's, made in
+        advance (`_next_iterator`): a reshuffling dataset draws each iterator's seeds
+        in turn, and a checkpoint holding both resumes the orders of both.
+        A restored mid-epoch `position` is taken up: arrays skip its micro-batches of
+        the epoch, tf.data iterators get their saved states.
         """
         opts = self.opts
         if opts.steps_per_epoch is not None:
@@ -312,12 +349,35 @@ class _Fit:
                 self._shared_iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
             return self._shared_iterator, budget
         if self.train.arrays is None:
-            dataset = self.train.dataset(epoch)
-            return iter(self.strategy.experimental_distribute_dataset(dataset)), None
+            iterator = self._next_iterator
+            if iterator is None:
+                iterator = self._new_iterator(epoch)
+            self._restore_iterator(position, "iterator", iterator)
+            self._next_iterator = None
+            if self.saves_iterator and epoch < self.opts.epochs:
+                # Made after the restore above, which set the seeds it draws.
+                self._next_iterator = self._new_iterator(epoch + 1)
+                self._restore_iterator(position, "next_iterator", self._next_iterator)
+            return iterator, None
         if self._shared_iterator is None:
-            dataset = self.train.epochs(epoch, opts.epochs)
+            skip = position["micro_batches"] if position is not None else 0
+            dataset = self.train.epochs(epoch, opts.epochs, skip)
             self._shared_iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
         return self._shared_iterator, self.train.num_batches
+
+    def _restore_iterator(self, position, name, iterator):
+        if position is not None and position[name]:
+            checkpoint_lib.restore_iterator(self.context.resumed_path, iterator, name)
+
+    def _new_iterator(self, epoch):
+        return iter(self.strategy.experimental_distribute_dataset(self.train.dataset(epoch)))
+
+    def _saved_iterators(self, iterator, next_iterator=None):
+        """{checkpoint name: iterator} of the tf.data iterators a checkpoint saves."""
+        if not self.saves_iterator:
+            return {}
+        pairs = zip(checkpoint_lib.ITERATORS, (iterator, next_iterator))
+        return {name: live for name, live in pairs if live is not None}
 
     def _report_progress(self, epoch, done, total, timing, sums):
         rate = _rate(timing)
@@ -523,6 +583,18 @@ class _nesterov:
     def __exit__(self, *exc):
         if self.enabled:
             self.optimizer.nesterov = self.previous
+
+
+def _fresh_timing():
+    return {"steady_seconds": 0.0, "steady_samples": 0.0, "traced_seconds": 0.0,
+            "traced_samples": 0.0}
+
+
+def _epoch_start(position):
+    """(metric sums, timing) an epoch starts from: a restored position's, else zeros."""
+    if position is None:
+        return np.zeros(step_lib.NUM_SUMS), _fresh_timing()
+    return np.array(position["sums"], dtype=np.float64), dict(position["timing"])
 
 
 def _rate(timing):

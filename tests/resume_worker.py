@@ -1,14 +1,17 @@
 """Training run for `test_resume_kill.py`: meant to be SIGKILLed and resumed.
 
     python tests/resume_worker.py OUT_DIR CHECKPOINT_DIR [--resume] [--step-sleep S]
+        [--unit epoch|step|second --every N] [--tf-data]
 
 Trains a small model with everything that carries state across steps and epochs (dropout,
 shuffling, accumulation, warmup, a cosine schedule, norm clipping, weight decay, Adam),
 deterministically, writing a checkpoint every epoch. When it finishes it writes the final
 weights and optimizer variables to OUT_DIR as .npy files, the per-epoch losses to
 OUT_DIR/history.json, and OUT_DIR/done last; OUT_DIR/epochs.log gets a "pid epoch" line
-for every epoch a process trained. `--step-sleep` sleeps after every optimizer step, which
-widens the window for a kill in the middle of an epoch.
+for every epoch a process trained, OUT_DIR/steps.log the optimizer step reached after
+every call. `--step-sleep` sleeps after every optimizer step, which widens the window for
+a kill in the middle of an epoch. `--tf-data` trains on a reshuffling tf.data pipeline
+instead of arrays. SIGTERM makes it exit with eb.Preempted's traceback (status 1).
 """
 import argparse
 import json
@@ -33,11 +36,14 @@ class Trace:
     """A map callback with no effect on the maths: logs each epoch this process trained
     ("pid epoch" lines) and sleeps after every step."""
 
-    def __init__(self, log_path, step_sleep):
+    def __init__(self, log_path, step_sleep, steps_path):
         self.log_path = log_path
         self.step_sleep = step_sleep
+        self.steps_path = steps_path
 
     def on_train_batch_end(self, batch, logs):
+        with open(self.steps_path, "a") as handle:
+            handle.write(f"{os.getpid()} {logs['step']}\n")
         if self.step_sleep:
             time.sleep(self.step_sleep)
 
@@ -71,18 +77,27 @@ def main(argv):
     parser.add_argument("checkpoint_dir")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--step-sleep", type=float, default=0.0)
+    parser.add_argument("--unit", default="epoch")
+    parser.add_argument("--every", type=int, default=1)
+    parser.add_argument("--tf-data", action="store_true")
     args = parser.parse_args(argv)
 
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(SEED)
     model = build()
     os.makedirs(args.out_dir, exist_ok=True)
-    callbacks = [Trace(os.path.join(args.out_dir, "epochs.log"), args.step_sleep)]
+    callbacks = [Trace(os.path.join(args.out_dir, "epochs.log"), args.step_sleep,
+                       os.path.join(args.out_dir, "steps.log"))]
     x, y = data()
-    eb.fit(model, (x, y), epochs=EPOCHS, batch_size=10, shuffle=True, seed=7,
+    train = (x, y)
+    if args.tf_data:
+        train = (tf.data.Dataset.from_tensor_slices((x, y))
+                 .shuffle(200, seed=3, reshuffle_each_iteration=True).batch(10))
+    eb.fit(model, train, epochs=EPOCHS, batch_size=10, shuffle=True, seed=7,
            accumulate_gradients=3, warmup=5, lr_schedule=("cosine", 1e-2, 1e-4),
            clip_norm=0.5, weight_decay=1e-3, validation_data=(x[:50], y[:50]),
-           checkpoint_dir=args.checkpoint_dir, checkpoint_every=1, resume=args.resume,
+           checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.every,
+           checkpoint_unit=args.unit, resume=args.resume,
            steps_per_execution=1, callbacks=callbacks, verbose=False)
 
     variables = list(model.keras_model.variables) + list(model.optimizer.variables)

@@ -5,6 +5,7 @@ MultiWorkerMirroredStrategy over two worker processes on 127.0.0.1.
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -138,17 +139,19 @@ def _free_ports(count):
     return ports
 
 
-def _run_workers(script, out_dir, env):
-    """Runs two workers of `script` on 127.0.0.1; returns their outputs (both exit 0)."""
+def _start_workers(script, out_dir, env, *arguments):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    processes = []
-    for index in range(2):
-        worker_env = dict(env, TF_CONFIG=json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        processes.append(subprocess.Popen([sys.executable, script, str(out_dir)],
-                                          env=worker_env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT))
+    return [subprocess.Popen([sys.executable, script, str(out_dir), *arguments],
+                             env=dict(env, TF_CONFIG=json.dumps(
+                                 {"cluster": cluster, "task": {"type": "worker", "index": i}})),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for i in range(2)]
+
+
+def _run_workers(script, out_dir, env, *arguments):
+    """Runs two workers of `script` on 127.0.0.1; returns their outputs (both exit 0)."""
+    processes = _start_workers(script, out_dir, env, *arguments)
     try:
         outputs = [p.communicate(timeout=300)[0].decode() for p in processes]
     finally:
@@ -194,3 +197,32 @@ def test_multi_worker_matches_single_device(tmp_path):
     # Only the chief prints progress and writes the checkpoints.
     assert "Epoch 3/3" in outputs[0] and "Epoch 3/3" not in outputs[1]
     assert os.listdir(tmp_path / "checkpoints")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_all_at_one_step_and_the_group_resumes(tmp_path):
+    import time
+    worker = os.path.join(HERE, "preempt_worker.py")
+    env = _worker_env()
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    _run_workers(worker, reference, env)
+    run = tmp_path / "run"
+    run.mkdir()
+    processes = _start_workers(worker, run, env, "--step-sleep", "0.05")
+    log = run / "steps1.log"
+    deadline = time.monotonic() + 240
+    while not (log.exists() and len(log.read_text().split()) >= 8):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
+        time.sleep(0.05)
+    os.kill(processes[1].pid, signal.SIGTERM)  # the non-chief worker
+    outputs = [p.communicate(timeout=120)[0].decode() for p in processes]
+    assert [p.returncode for p in processes] == [1, 1], outputs
+    stops = [out.split("preempted at step ")[1].split()[0] for out in outputs]
+    assert stops[0] == stops[1], outputs
+    _run_workers(worker, run, env, "--resume")
+    expected = np.load(reference / "worker0.npz")
+    for index in range(2):
+        got = np.load(run / f"worker{index}.npz")
+        for key in expected.files:
+            np.testing.assert_array_equal(got[key], expected[key])

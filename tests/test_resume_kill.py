@@ -126,3 +126,75 @@ def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_pat
     final_epochs = [epoch for pid, epoch in trained if pid == final.pid]
     assert final_epochs and final_epochs[0] > 1, (trained, message)
     assert final_epochs == list(range(final_epochs[0], len(history) + 1)), (trained, message)
+
+
+def _start_steps(out_dir, checkpoint_dir, resume, options, step_sleep=0.0):
+    command = [sys.executable, WORKER, str(out_dir), str(checkpoint_dir),
+               "--step-sleep", str(step_sleep), *options]
+    if resume:
+        command.append("--resume")
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _steps_logged(out_dir, pid):
+    path = os.path.join(out_dir, "steps.log")
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [int(step) for p, step in (line.split() for line in handle if line.strip())
+                if int(p) == pid]
+
+
+def _newest_step(directory):
+    import tensorflow as tf
+    names = sorted(_checkpoints(directory))
+    reader = tf.train.load_checkpoint(os.path.join(directory, names[-1], "ckpt"))
+    return int(reader.get_tensor("state__global_step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+EVERY = 4  # optimizer steps between checkpoints in the step-checkpoint kill test
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["arrays", "tf.data"])
+def test_sigterm_and_sigkill_at_random_steps_resume_bit_identical(tmp_path, source):
+    """Step checkpoints: SIGTERM twice and SIGKILL twice at random moments, mid-epoch
+    mostly; each SIGTERM exits within seconds, non-zero; each SIGKILL redoes at most
+    `EVERY` steps plus one call (steps_per_execution=1)."""
+    seed = int(os.environ.get("EXBURN_KILL_SEED", random.randrange(2**31)))
+    rng = random.Random(seed)
+    deadline = time.monotonic() + DEADLINE
+    options = ["--unit", "step", "--every", str(EVERY)] + (["--tf-data"] if source == "tf.data"
+                                                            else [])
+    checkpoint_dir, out_dir = tmp_path / "checkpoints", tmp_path / "run"
+    reference = _start_steps(tmp_path / "reference", tmp_path / "reference_checkpoints",
+                             False, options)
+    message = f"EXBURN_KILL_SEED={seed}"
+    resume = False
+    for signal_number in (signal.SIGTERM, signal.SIGKILL, signal.SIGTERM, signal.SIGKILL):
+        process = _start_steps(out_dir, checkpoint_dir, resume, options, STEP_SLEEP)
+        resume = True
+        target = rng.randint(2, 12)
+        if not _wait_until(process, lambda: len(_steps_logged(out_dir, process.pid)) >= target,
+                           deadline):
+            break
+        os.kill(process.pid, signal_number)
+        sent = time.monotonic()
+        process.wait()
+        if signal_number == signal.SIGTERM:
+            assert time.monotonic() - sent < 5.0, message
+            assert process.returncode == 1, message
+            assert b"Preempted" in process.stderr.read(), message
+            assert _newest_step(checkpoint_dir) == _steps_logged(out_dir, process.pid)[-1]
+        else:
+            assert process.returncode == -signal.SIGKILL, message
+            redone = _steps_logged(out_dir, process.pid)[-1] - _newest_step(checkpoint_dir)
+            assert 0 <= redone <= EVERY + 1, message
+    final = _start_steps(out_dir, checkpoint_dir, True, options)
+    _finish(final, deadline)
+    _finish(reference, deadline)
+    expected_variables, expected_history = _result(tmp_path / "reference")
+    variables, history = _result(out_dir)
+    for i, (value, expected) in enumerate(zip(variables, expected_variables)):
+        assert np.array_equal(value, expected), f"variable {i} differs; {message}"
+    assert history == expected_history, message
