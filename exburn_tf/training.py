@@ -36,8 +36,6 @@ from exburn_tf.validation import check_number
 __all__ = ["fit", "evaluate", "train_step", "compute_gradients", "data_loader", "profile_step"]
 
 _OPTION_NAMES = tuple(FitOptions.__dataclass_fields__)
-# steps_per_execution="auto" under MultiWorkerMirroredStrategy: one fixed length for all.
-MULTI_WORKER_STEPS_PER_EXECUTION = 8
 def parse_options(options):
     """`FitOptions` from keyword arguments; a misspelled option is a `TypeError`."""
     for name in options:
@@ -164,12 +162,9 @@ class _Fit:
         self.model = model
         model.run_context = self.context
         self.step = _compiled_step(model, self.opts, self.schedule, self.strategy)
-        steps_per_execution = self.opts.steps_per_execution
-        if steps_per_execution == "auto" and _multi_worker(self.strategy):
-            # "auto" paces by each worker's own clock; workers must run calls of the same
-            # length (their collectives and stop checks pair up call by call).
-            steps_per_execution = MULTI_WORKER_STEPS_PER_EXECUTION
-        self.pacer = CallPacer(steps_per_execution)
+        # Under several workers the call length is agreed through the strategy
+        # (CallControl: worker 0's pacing), so "auto" stays in step across workers.
+        self.pacer = CallPacer(self.opts.steps_per_execution)
 
     def run(self):
         opts, model = self.opts, self.model
