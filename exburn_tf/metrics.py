@@ -64,7 +64,6 @@ class KerasLoss(keras.losses.Loss):
     def __init__(self, loss, loss_weights, output_names, own_losses):
         super().__init__(name="loss")
         leaves = keras.tree.map_structure(lambda leaf: keras_leaf(leaf, own_losses), loss)
-        self.config = {"loss": loss, "loss_weights": loss_weights}
         self._compiled = compile_utils.CompileLoss(leaves, loss_weights,
                                                    output_names=output_names)
 
@@ -81,7 +80,6 @@ class Metrics:
     """The metrics given to `compile`, as Keras' `CompileMetrics` builds them."""
 
     def __init__(self, metrics, weighted_metrics, output_names, loss=None):
-        self.config = {"metrics": metrics, "weighted_metrics": weighted_metrics}
         self._compiled = compile_utils.CompileMetrics(metrics, weighted_metrics,
                                                       output_names=output_names)
         self._loss = loss  # a KerasLoss: its per-output trackers exist once it is built
@@ -90,10 +88,6 @@ class Metrics:
     def _extra(self):
         return list(getattr(self._loss, "trackers", []))
 
-    @property
-    def built(self):
-        return self._compiled.built
-
     def build(self, y_true, y_pred):
         """Creates the metric variables (eagerly, before any trace)."""
         if not self._compiled.built:
@@ -101,9 +95,6 @@ class Metrics:
 
     def update(self, y_true, y_pred, sample_weight=None):
         self._compiled.update_state(y_true, y_pred, sample_weight)
-
-    def variables(self):
-        return [v for m in self._all() for v in m.variables]
 
     def _all(self):
         return [*self._extra, *self._compiled.metrics]

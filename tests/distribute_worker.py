@@ -14,27 +14,14 @@ import tensorflow as tf  # noqa: E402
 SINGLE = len(sys.argv) > 2 and sys.argv[2] == "single"
 strategy = tf.distribute.get_strategy() if SINGLE else tf.distribute.MultiWorkerMirroredStrategy()
 
-import keras  # noqa: E402
 
 import exburn_tf as eb  # noqa: E402
-
-
-def data():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(203, 12)).astype("float32")
-    y = np.argmax(x @ rng.normal(size=(12, 4)), axis=1)
-    return x, y
+from worker_model import compiled_model, data  # noqa: E402
 
 
 def main(out_dir):
-    x, y = data()
-    with strategy.scope():
-        keras.utils.set_random_seed(7)
-        keras_model = keras.Sequential([keras.Input((12,)),
-                                        keras.layers.Dense(16, activation="relu"),
-                                        keras.layers.Dense(4)])
-        model = eb.Model.compile(keras_model, loss="cross_entropy", optimizer="sgd",
-                                 learning_rate=0.1, momentum=0.9)
+    x, y = data(203)
+    model = compiled_model(strategy)
     task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {"index": 0})
     checkpoints = os.path.join(out_dir, "checkpoints")
     eb.fit(model, (x, y), epochs=3, batch_size=32, seed=5, accumulate_gradients=3,

@@ -19,9 +19,9 @@ import tensorflow as tf  # noqa: E402
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
-import keras  # noqa: E402
 
 import exburn_tf as eb  # noqa: E402
+from worker_model import compiled_model, data  # noqa: E402
 
 
 class Log:
@@ -38,16 +38,8 @@ class Log:
 
 
 def main(out_dir, resume, sleep):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(160, 12)).astype("float32")
-    y = np.argmax(x @ rng.normal(size=(12, 4)), axis=1)
-    with strategy.scope():
-        keras.utils.set_random_seed(7)
-        keras_model = keras.Sequential([keras.Input((12,)),
-                                        keras.layers.Dense(16, activation="relu"),
-                                        keras.layers.Dense(4)])
-        model = eb.Model.compile(keras_model, loss="cross_entropy", optimizer="sgd",
-                                 learning_rate=0.1, momentum=0.9)
+    x, y = data(160)
+    model = compiled_model(strategy)
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     try:
         eb.fit(model, (x, y), epochs=3, batch_size=16, seed=5, accumulate_gradients=2,

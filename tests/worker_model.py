@@ -1,0 +1,23 @@
+"""The small model and data the multi-worker test workers train (one definition)."""
+import keras
+import numpy as np
+
+import exburn_tf as eb
+
+
+def data(num_samples):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(num_samples, 12)).astype("float32")
+    y = np.argmax(x @ rng.normal(size=(12, 4)), axis=1)
+    return x, y
+
+
+def compiled_model(strategy):
+    """A 12-16-4 MLP with seeded weights, SGD with momentum, built in `strategy`'s scope."""
+    with strategy.scope():
+        keras.utils.set_random_seed(7)
+        keras_model = keras.Sequential([keras.Input((12,)),
+                                        keras.layers.Dense(16, activation="relu"),
+                                        keras.layers.Dense(4)])
+        return eb.Model.compile(keras_model, loss="cross_entropy", optimizer="sgd",
+                                learning_rate=0.1, momentum=0.9)
