@@ -1,12 +1,15 @@
 """`Every`: the one "every N units" trigger of the loop (STYLE.md, "One cadence").
 
-Checkpoints by epoch, optimizer step or second, and any other periodic decision, ask the
-same question at the end of a compiled call: has the counter reached the next mark?
+Every periodic decision of the loop asks the same question — has the counter reached the
+next mark? — through this one class: checkpoints by epoch, optimizer step or second
+(`call_control`), TensorBoard's `update_freq` (optimizer steps), the progress bar's redraw
+(seconds), `validation_freq` and `Checkpoint(every=)` (epochs).
 
     every = Every(16)                    # marks at 16, 32, 48, ... (aligned to multiples)
     every.due(step)  -> bool             # the counter reached the next mark
     every.left(step) -> units to go      # caps a call so it does not run past a mark
     every.fired(step)                    # moves the mark past `step`
+    every.is_mark(epoch) -> bool         # stateless: `epoch` is a multiple of n
 
 `aligned=False` counts from where the trigger last fired instead (wall-clock seconds:
 a checkpoint every 60 s after the previous one).
@@ -33,6 +36,10 @@ class Every:
     def left(self, position):
         """Units from `position` to the next mark (0 when due)."""
         return max(self.next - position, 0)
+
+    def is_mark(self, position):
+        """Whether `position` itself is a mark (aligned marks only): a multiple of n."""
+        return position % self.n == 0
 
     def fired(self, position):
         """The next mark comes after `position`."""

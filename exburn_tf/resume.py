@@ -311,7 +311,13 @@ class RunCheckpoints:
         return self.every.left(step) if self.unit == "step" else None
 
     def after_call(self, model):
-        """At the end of a compiled call: a step / second checkpoint if one is due."""
+        """At the end of a compiled call: a step / second checkpoint if one is due.
+
+        A write still in flight is waited for first, so at most one compiled call runs
+        beside a write: after a SIGKILL (which may hit a write), the newest complete
+        checkpoint is at most `every` steps plus one call behind.
+        """
+        self.wait()
         if self.unit == "epoch":
             return
         now = self._now(model.step)
@@ -321,7 +327,9 @@ class RunCheckpoints:
 
     def after_epoch(self, model, epoch, last):
         """At the end of an epoch: a checkpoint if one is due (a step / second one due
-        at the epoch's last call waited for its end), and always after the last epoch."""
+        at the epoch's last call waited for its end), and always after the last epoch.
+        A write still in flight is waited for first, as after a call."""
+        self.wait()
         now = epoch if self.unit == "epoch" else self._now(model.step)
         if self.every.due(now) or last:
             self.every.fired(now)

@@ -1,6 +1,10 @@
 """One worker of the multi-worker preemption test: step checkpoints, SIGTERM-able.
 
-Usage: python preempt_worker.py OUT_DIR [--resume] [--step-sleep S]
+Usage: python preempt_worker.py OUT_DIR [--resume] [--step-sleep S] [--self-signal PLAN]
+
+PLAN (for runs under `exburn-tf run`): comma-separated RESTART:INDEX:SIGNAL:STEP items;
+worker INDEX of launcher attempt RESTART (EXBURN_TF_RESTART) sends itself SIGNAL ("TERM"
+or "KILL") once its optimizer step reaches STEP.
 
 Trains under MultiWorkerMirroredStrategy (TF_CONFIG from the environment) with step
 checkpoints into OUT_DIR/checkpoints; logs "step" lines to OUT_DIR/steps<index>.log after
@@ -9,6 +13,7 @@ exits with status 1 after printing "preempted at step N".
 """
 import json
 import os
+import signal
 import sys
 import time
 
@@ -25,19 +30,32 @@ from worker_model import compiled_model, data  # noqa: E402
 
 
 class Log:
-    def __init__(self, path, sleep):
-        self.path, self.sleep = path, sleep
+    def __init__(self, path, sleep, signal_at=None):
+        self.path, self.sleep, self.signal_at = path, sleep, signal_at
 
     def on_train_batch_end(self, batch, logs):
         with open(self.path, "a") as handle:
             handle.write(f"{logs['step']}\n")
+        if self.signal_at is not None and logs["step"] >= self.signal_at[1]:
+            signum, self.signal_at = self.signal_at[0], None
+            os.kill(os.getpid(), signum)
         time.sleep(self.sleep)
 
     def __call__(self, metrics):
         return metrics
 
 
-def main(out_dir, resume, sleep):
+def signal_at(plan, index):
+    """(signal, step) of PLAN for this worker and launcher attempt, or None."""
+    restart = os.environ.get("EXBURN_TF_RESTART")
+    for item in filter(None, (plan or "").split(",")):
+        at_restart, at_index, name, step = item.split(":")
+        if at_restart == restart and int(at_index) == index:
+            return getattr(signal, "SIG" + name), int(step)
+    return None
+
+
+def main(out_dir, resume, sleep, plan=None):
     x, y = data(160)
     model = compiled_model(strategy)
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
@@ -46,7 +64,8 @@ def main(out_dir, resume, sleep):
                clip_norm=0.5, warmup=2, lr_schedule=("cosine", 0.1, 1e-3),
                lr_schedule_unit="step", checkpoint_dir=os.path.join(out_dir, "checkpoints"),
                checkpoint_every=3, checkpoint_unit="step", resume=resume,
-               callbacks=[Log(os.path.join(out_dir, f"steps{index}.log"), sleep)],
+               callbacks=[Log(os.path.join(out_dir, f"steps{index}.log"), sleep,
+                              signal_at(plan, index))],
                verbose=False, strategy=strategy)
     except eb.Preempted as stop:
         print(f"preempted at step {stop.step}", flush=True)
@@ -57,4 +76,6 @@ def main(out_dir, resume, sleep):
 if __name__ == "__main__":
     sleep = float(sys.argv[sys.argv.index("--step-sleep") + 1]) if "--step-sleep" in sys.argv \
         else 0.0
-    main(sys.argv[1], "--resume" in sys.argv, sleep)
+    plan = sys.argv[sys.argv.index("--self-signal") + 1] if "--self-signal" in sys.argv \
+        else None
+    main(sys.argv[1], "--resume" in sys.argv, sleep, plan)

@@ -268,3 +268,44 @@ def test_a_real_multi_worker_job_restarts_and_trains(tmp_path):
     history = json.loads((tmp_path / "worker0.json").read_text())
     assert [epoch["epoch"] for epoch in history] == [1, 2, 3]
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+@pytest.mark.slow
+def test_a_job_killed_again_and_again_under_the_launcher_ends_bit_identical(tmp_path):
+    """Issue 13 end to end: two MultiWorkerMirroredStrategy workers under `exburn-tf run`
+    with step checkpoints and resume=True. Attempt 0: worker 1 gets SIGTERM at step 4
+    (both checkpoint at one step and exit as preempted); attempt 1: worker 0 is SIGKILLed
+    at step 8. The launcher restarts the group each time; it resumes from the checkpoint
+    and ends with the weights of an uninterrupted run of the same job, bit for bit."""
+    worker = os.path.join(HERE, "preempt_worker.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(HERE)] + sys.path))
+    env.pop("TF_CONFIG", None)
+
+    def job(out, *extra):
+        out.mkdir()
+        return subprocess.run(
+            [sys.executable, "-m", "exburn_tf", "run", "--workers", "2", "--max-restarts",
+             "3", "--grace-seconds", "5", "--", sys.executable, worker, str(out),
+             "--resume", "--step-sleep", "0.05", *extra],
+            env=env, capture_output=True, text=True, timeout=600)
+
+    reference = job(tmp_path / "reference")
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+    killed = job(tmp_path / "run", "--self-signal", "0:1:TERM:4,1:0:KILL:8")
+    log = killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert killed.returncode == 0, log
+    assert "restarting all 2 workers (restart 1 of 3)" in killed.stderr, log
+    assert "restarting all 2 workers (restart 2 of 3)" in killed.stderr, log
+    assert "restart 3 of 3" not in killed.stderr, log
+    stops = [line.split("preempted at step ")[1] for line in killed.stdout.splitlines()
+             if "preempted at step " in line]
+    assert len(stops) >= 2 and len(set(stops[:2])) == 1, log  # both workers, one step
+    steps = [int(s) for s in (tmp_path / "run" / "steps0.log").read_text().split()]
+    assert any(later <= earlier for earlier, later in zip(steps, steps[1:])), \
+        "no attempt resumed from a checkpoint before the step it had reached"
+    expected = np.load(tmp_path / "reference" / "worker0.npz")
+    for index in range(2):
+        got = np.load(tmp_path / "run" / f"worker{index}.npz")
+        for key in expected.files:
+            np.testing.assert_array_equal(got[key], expected[key])

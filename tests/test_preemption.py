@@ -4,6 +4,7 @@ A SIGTERM is sent by a callback to its own process at a chosen optimizer step; `
 finishes the call, checkpoints and raises `eb.Preempted`; `fit(resume=True)` must then
 end bit-identical to an uninterrupted run, with the same history.
 """
+import io
 import json
 import os
 import signal
@@ -99,6 +100,43 @@ def test_every_fires_at_multiples_and_caps_the_units_left():
     assert not timed.due(11.5) and timed.due(12.0)
     timed.fired(12.5)
     assert timed.next == 14.5
+
+
+def test_the_loops_other_periodic_decisions_go_through_every(monkeypatch):
+    """validation_freq, TensorBoard's update_freq, Checkpoint(every=) and the progress
+    redraw all ask `cadence.Every` (STYLE.md "One cadence"): with its answers inverted,
+    each decision inverts."""
+    from exburn_tf import cadence
+    from exburn_tf.callbacks import progress, tensorboard
+    from exburn_tf.callbacks import checkpoint as checkpoint_callback
+    from exburn_tf import options as options_lib
+
+    asked = []
+
+    class Spy(Every):
+        def due(self, position):
+            asked.append(("due", self.n))
+            return super().due(position)
+
+        def is_mark(self, position):
+            asked.append(("is_mark", self.n))
+            return super().is_mark(position)
+
+    for module in (options_lib, tensorboard, checkpoint_callback, progress):
+        monkeypatch.setattr(module, "Every", Spy)
+    assert cadence.Every is Every
+    board = tensorboard.TensorBoard("/tmp/unused-tb", update_freq=3)
+    board.on_train_batch_end(0, {"step": 1, "loss": 1.0, "lr": 0.1})
+    opts = options_lib.FitOptions(validation_freq=2)
+    assert opts.validates(4) and not opts.validates(3)
+    saver = checkpoint_callback.Checkpoint("/tmp/unused-ckpt", every=2)
+    saver({"epoch": 1, "model": None})
+    bar = progress.Progress(verbose=True, stream=io.StringIO())
+    bar._is_terminal = lambda: True
+    bar.batch_update(1, 1, 10, None, None)
+    bar.batch_update(1, 2, 10, None, None)
+    assert ("due", 3) in asked and ("is_mark", 2) in asked
+    assert ("due", progress._REDRAW_INTERVAL_S) in asked
 
 
 def test_checkpoint_unit_is_checked():
@@ -261,3 +299,38 @@ def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
            checkpoint_every=4, checkpoint_unit="step")
     assert steps_while_writing  # the loop did not wait for the first write
     assert len(checkpoint_lib.list_checkpoints(tmp_path)) == 3
+
+
+def test_at_most_one_call_runs_beside_a_checkpoint_write(tmp_path, monkeypatch):
+    """The redo bound after SIGKILL: a write in flight is waited for at the end of the
+    next call, so a kill during a write loses at most `checkpoint_every` steps plus one
+    call (the newest complete checkpoint is the one before the write)."""
+    commit = checkpoint_lib.commit
+    in_flight = threading.Event()
+
+    def slow_commit(*args, **kwargs):
+        in_flight.set()
+        try:
+            time.sleep(0.6)
+            return commit(*args, **kwargs)
+        finally:
+            in_flight.clear()
+
+    ended_during_a_write = []
+
+    class Watch:
+        def on_train_batch_end(self, batch, logs):
+            if in_flight.is_set():
+                ended_during_a_write.append(logs["step"])
+
+        def __call__(self, metrics):
+            return metrics
+
+    monkeypatch.setattr(checkpoint_lib, "commit", slow_commit)
+    eb.fit(_build(), _arrays(), epochs=2, batch_size=10, seed=1, verbose=False,
+           steps_per_execution=1, callbacks=[Watch()], checkpoint_dir=tmp_path,
+           checkpoint_every=4, checkpoint_unit="step")
+    # 9 steps an epoch; writes start after steps 4, 8, 12, 16 (and at the end): only the
+    # call after each overlaps it, also across an epoch's end (step 9, then 10).
+    assert ended_during_a_write and set(ended_during_a_write) <= {5, 9, 13, 17}, \
+        ended_during_a_write

@@ -3,6 +3,7 @@
 import math
 import os
 
+from exburn_tf.cadence import Every
 from exburn_tf.validation import check_bool, check_choice, check_int
 
 
@@ -71,7 +72,7 @@ class Checkpoint:
             if not self._improved(value):
                 return metrics
             self.best = float(value)
-        elif metrics["epoch"] % self.every:
+        elif not Every(self.every).is_mark(metrics["epoch"]):
             return metrics
         run = getattr(metrics["model"], "run_context", None)
         if not getattr(run, "deferring", False):

@@ -4,6 +4,7 @@ import math
 import sys
 import time
 
+from exburn_tf.cadence import Every
 from exburn_tf.callbacks.logging import format_metrics
 from exburn_tf.validation import check_bool
 
@@ -65,7 +66,7 @@ class Progress:
         self.stream = stream
         self._epochs = None
         self._bar_width = 0  # characters of the bar now on screen; 0 = none drawn
-        self._last_draw = None
+        self._redraw = None
         self._clock = time.monotonic
 
     def get_config(self):
@@ -118,10 +119,10 @@ class Progress:
             return
         now = self._clock()
         finished = steps_total is not None and steps_done >= steps_total
-        too_soon = self._last_draw is not None and now - self._last_draw < _REDRAW_INTERVAL_S
+        too_soon = self._redraw is not None and not self._redraw.due(now)
         if too_soon and not finished:
             return
-        self._last_draw = now
+        self._redraw = Every(_REDRAW_INTERVAL_S, start=now, aligned=False)
         text = self._bar_text(epoch, steps_done, steps_total, samples_per_sec, eta_s)
         # Pad over the remains of a longer previous bar.
         self._write("\r" + text.ljust(self._bar_width))
@@ -150,5 +151,5 @@ class Progress:
         if self._bar_width:
             clear = "\r" + " " * self._bar_width + "\r"
             self._bar_width = 0
-            self._last_draw = None
+            self._redraw = None
         self._write(clear + format_progress_line(metrics, self.metric_names) + "\n")

@@ -5,6 +5,7 @@ import warnings
 
 import tensorflow as tf
 
+from exburn_tf.cadence import Every
 from exburn_tf.callbacks.base import keras_logs
 from exburn_tf.validation import check_bool, check_int
 
@@ -73,7 +74,7 @@ class TensorBoard:
         self.update_freq = update_freq
         self.histograms = check_bool("histograms", histograms)
         self.profile_steps = _check_profile_steps(profile_steps)
-        self._every = {"epoch": None, "batch": 1}.get(update_freq, update_freq)
+        self._period = {"epoch": None, "batch": 1}.get(update_freq, update_freq)
         self._writers = {}
         self._profiling = False
         self.reset()
@@ -84,12 +85,15 @@ class TensorBoard:
         self._close_writers()
         self._last_step = 0
         self._chief = True
+        self._every = None if self._period is None else Every(self._period)
 
     def on_train_begin(self, model):
         """Notes the step training starts from; starts profiling if step 1 is in range."""
         self._chief = getattr(getattr(model, "run_context", None), "chief", True)
         state = getattr(model, "state", None)
         self._last_step = int(state.global_step.numpy()) if state is not None else 0
+        if self._period is not None:
+            self._every = Every(self._period, start=self._last_step)
         self._update_profiler(self._last_step)
 
     def on_train_batch_end(self, batch, logs):
@@ -100,12 +104,13 @@ class TensorBoard:
             logs: `loss`, `lr` and `step` (the global optimizer step after the call).
         """
         step = int(logs["step"])
-        if self._every is not None and self._chief and \
-                step // self._every > self._last_step // self._every:
-            with self._writer("train").as_default():
-                for name, value in keras_logs(logs).items():
-                    if name != "step":
-                        tf.summary.scalar(f"batch_{name}", value, step=step)
+        if self._every is not None and self._every.due(step):
+            self._every.fired(step)
+            if self._chief:
+                with self._writer("train").as_default():
+                    for name, value in keras_logs(logs).items():
+                        if name != "step":
+                            tf.summary.scalar(f"batch_{name}", value, step=step)
         self._last_step = step
         self._update_profiler(step)
 
