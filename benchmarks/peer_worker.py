@@ -24,6 +24,7 @@ import traceback
 # name -> (Keras backend, kind, compile / fit options)
 CONTENDERS = {
     "eb": ("tensorflow", "eb", {}),
+    "eb_xla": ("tensorflow", "eb", {"jit_compile": True}),
     "keras_tf": ("tensorflow", "keras", {}),
     "keras_tf_spe32": ("tensorflow", "keras", {"steps_per_execution": 32}),
     "keras_tf_xla_spe32": ("tensorflow", "keras", {"steps_per_execution": 32,
@@ -84,7 +85,8 @@ class Runner:
                 nesterov=True, clip_norm=peer_models.CLIP_NORM,
                 weight_decay=peer_models.WEIGHT_DECAY[model_name],
                 lr_schedule=("cosine", peer_models.BASE_LR, peer_models.MIN_LR),
-                accuracy=True, verbose=False, accumulate_gradients=accumulate)
+                accuracy=True, verbose=False, accumulate_gradients=accumulate,
+                **self.options)
 
     def fit(self, epochs):
         """Seconds of one whole `fit` call of `epochs` epochs."""

@@ -4,9 +4,11 @@
       = unpack -> validate_arrays -> make_dataset:
         from_tensor_slices -> shuffle(N, seed, reshuffle each pass) -> batch -> prefetch
 
-Validation runs once on the host, before any variable changes; the batches come from
-`tf.data`, so the arrays stay in host memory and each batch is copied to the device only when
-the step consumes it.
+Validation runs once on the host, before any variable changes. In `fit`, array data on one
+device is handed to the compiled step as tensors on the compute device with each epoch's
+order (`TrainData.array_epoch`), and batches are gathered inside the step; elsewhere (a
+strategy, `steps_per_epoch`, arrays too large for an accelerator) the batches come from
+`tf.data` (`TrainData.epochs`), host memory, copied to the device as the step consumes them.
 """
 import math
 import numbers
@@ -14,6 +16,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from exburn_tf import step as step_lib
 from exburn_tf.validation import INT64_MAX
 
 
@@ -318,6 +321,8 @@ class TrainData:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.steps_per_epoch_option = steps_per_epoch
         self.validation_arrays = None
+        self._device_arrays = None
+        self._on_accelerator = bool(tf.config.list_logical_devices("GPU"))
         if isinstance(data, tf.data.Dataset):
             self._init_dataset(data, sample_weight, class_weight, validation_split)
         else:
@@ -387,10 +392,7 @@ class TrainData:
         full = n // batch_size * batch_size
 
         def epoch_batches(epoch):
-            order = tf.range(n, dtype=tf.int64)
-            if shuffle:
-                order = tf.random.experimental.stateless_shuffle(
-                    order, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+            order = epoch_order(n, seed, epoch, shuffle)
             batches = tf.data.Dataset.from_tensor_slices(
                 tf.reshape(order[:full], [-1, batch_size]))
             if full < n:  # the last, partial batch
@@ -405,6 +407,25 @@ class TrainData:
                 .skip(skip)  # index batches only: nothing is gathered for them
                 .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
                 .prefetch(tf.data.AUTOTUNE))
+
+    def array_epoch(self, epoch):
+        """Array data on one device: epoch `epoch`'s `step.ArrayEpoch` (the arrays as
+        tensors on the compute device, made once per fit, and the epoch's order), or
+        None where the arrays stay on the host and stream through `epochs` instead
+        (arrays over `DEVICE_ARRAYS_MAX_BYTES` with an accelerator)."""
+        if self.num_samples + self.batch_size >= 2**31:  # int32 positions in the step
+            return None
+        if self._device_arrays is None:
+            self._device_arrays = _on_compute_device(self.arrays)
+            if self._device_arrays is None:
+                return None
+        with tf.device("/cpu:0"):  # the order is the host's, whatever the device
+            order = tf.cast(epoch_order(self.num_samples, self.seed, epoch, self.shuffle),
+                            tf.int32)
+        if self._on_accelerator:
+            with tf.device("/gpu:0"):
+                order = tf.identity(order)
+        return step_lib.ArrayEpoch(self._device_arrays, order, self.batch_size)
 
     def steps_per_epoch(self, accumulate):
         """Optimizer steps per epoch: `steps_per_epoch` if given, else ceil(batches / k);
@@ -450,6 +471,32 @@ class TrainData:
         predictions = checked_forward(model, x, "data")
         check_labels(model, y if self.arrays is None else self.arrays[1], predictions, "data")
         checked_loss(model, y, predictions, "data", weighted=bool(weights))
+
+
+def epoch_order(n, seed, epoch, shuffle):
+    """The sample order of `epoch`: `stateless_shuffle` of 0..n-1 with seed (run seed,
+    epoch), a pure function of the two; 0..n-1 without shuffling."""
+    order = tf.range(n, dtype=tf.int64)
+    if not shuffle:
+        return order
+    return tf.random.experimental.stateless_shuffle(
+        order, seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+
+
+# Array data larger than this stays in host memory and streams through tf.data when the
+# step runs on an accelerator (on a CPU the arrays are in that memory anyway).
+DEVICE_ARRAYS_MAX_BYTES = 2 * 1024**3
+
+
+def _on_compute_device(arrays):
+    """`arrays` as tensors on the device the step runs on, or None (too large for it)."""
+    if not tf.config.list_logical_devices("GPU"):
+        with tf.device("/cpu:0"):
+            return tf.nest.map_structure(tf.convert_to_tensor, arrays)
+    if sum(np.asarray(a).nbytes for a in tf.nest.flatten(arrays)) > DEVICE_ARRAYS_MAX_BYTES:
+        return None
+    with tf.device("/gpu:0"):
+        return tf.nest.map_structure(lambda a: tf.identity(tf.convert_to_tensor(a)), arrays)
 
 
 def _with_class_weights(dataset, class_weight):

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
+from exburn_tf.cadence import Every
 from exburn_tf.validation import (INT32_MAX, INT64_MAX, check_bool, check_choice, check_int,
                                   check_number)
 
@@ -92,12 +93,8 @@ class FitOptions:
         check_number("epsilon", self.epsilon, minimum=0.0, exclusive=True)
         if self.steps_per_execution != "auto":
             check_int("steps_per_execution", self.steps_per_execution, maximum=INT32_MAX)
-        if self.jit_compile == "auto":
-            # Measured on CPU (docs/performance.md): XLA gains +2% at batch 32 and loses 6%
-            # at batch 1024, so "auto" is off there; no GPU measurement exists yet, so it
-            # stays off elsewhere too until one shows XLA ahead.
-            self.jit_compile = False
-        check_bool("jit_compile", self.jit_compile)
+        if self.jit_compile != "auto":
+            check_bool("jit_compile", self.jit_compile)
         if self.strategy is not None and not isinstance(self.strategy, tf.distribute.Strategy):
             raise TypeError(
                 f"strategy must be a tf.distribute.Strategy or None, got {self.strategy!r}")
@@ -150,4 +147,4 @@ class FitOptions:
         """Keras' `validation_freq`: validate after epoch `epoch` (1-based)?"""
         if isinstance(self.validation_freq, (list, tuple)):
             return epoch in self.validation_freq
-        return epoch % self.validation_freq == 0
+        return Every(self.validation_freq).is_mark(epoch)

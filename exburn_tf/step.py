@@ -1,7 +1,13 @@
 """The compiled training step.
 
-One `tf.function` runs up to `num_steps` optimizer steps per call, pulling micro-batches
-from an iterator inside the graph:
+One `tf.function` runs up to `num_steps` optimizer steps per call, taking micro-batches
+inside the graph, from one of two sources:
+
+    array data (one device)   the arrays as device tensors plus the epoch's order: micro-batch
+                              i is `gather(arrays, order[i*b : (i+1)*b])` (`ArrayEpoch`)
+    anything else             a `tf.data` / distributed iterator (`get_next_as_optional`)
+
+and then, for either:
 
     for each optimizer step:
         k micro-batches ─► forward (training=True) ─► loss × batch size ─► GradientTape
@@ -45,6 +51,62 @@ _NO_BUDGET = 2**31 - 1
 LOSS_SCALE_GROWTH_INTERVAL = 2000
 
 
+class ArrayEpoch:
+    """One epoch of array data for the step: the arrays (device tensors), the epoch's
+    sample order and the batch size. Micro-batch i is the samples
+    `order[i*b : min((i+1)*b, n)]`, gathered inside the compiled call — no input pipeline
+    between steps, and the same batches, bit for bit, as `TrainData.epochs`' tf.data path.
+    """
+
+    def __init__(self, arrays, order, batch_size):
+        self.arrays, self.order, self.batch_size = arrays, order, batch_size
+
+
+class _ArrayBatches:
+    """In-graph view of an `ArrayEpoch`: `next(index)` -> (has_value, get_value)."""
+
+    def __init__(self, arrays, order, batch_size, start):
+        self.arrays, self.order, self.batch_size, self.start = arrays, order, batch_size, start
+        self.size = tf.shape(order, out_type=tf.int32)[0]
+
+    def next(self, index):
+        first = (self.start + index) * self.batch_size
+
+        def value():
+            indices = self.order[first:tf.minimum(first + self.batch_size, self.size)]
+            return tf.nest.map_structure(lambda a: tf.gather(a, indices), self.arrays)
+
+        return first < self.size, value
+
+
+class _FullArrayBatches(_ArrayBatches):
+    """`_ArrayBatches` of a static batch size, for XLA: only full batches are offered
+    (the caller runs a partial last batch outside XLA)."""
+
+    def next(self, index):
+        first = (self.start + index) * self.batch_size
+
+        def value():
+            # A gather, not a slice: XLA takes a slice's start as a compile-time constant.
+            indices = tf.gather(self.order, first + tf.range(self.batch_size))
+            return tf.nest.map_structure(lambda a: tf.gather(a, indices), self.arrays)
+
+        return first + self.batch_size <= self.size, value
+
+
+class _IteratorBatches:
+    """In-graph view of an iterator: `next(index)` -> (has_value, get_value); the index
+    is the iterator's own position, so it is not used."""
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+
+    def next(self, index):
+        del index
+        optional = self.iterator.get_next_as_optional()
+        return optional.has_value(), optional.get_value
+
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
     """What the compiled step does; built and validated by `fit` / `train_step`.
@@ -63,6 +125,9 @@ class StepConfig:
         decoupled_decay: AdamW-style decay coefficient applied with the update (0: off).
         dynamic_loss_scale: scale the loss for float16 and adapt the scale.
         jit_compile: XLA-compile the per-replica forward/backward part.
+        whole_call_xla: with array data on one device, compile each whole call (gather,
+            forward, backward, pipeline, update, metrics, over all its steps) as one XLA
+            computation.
         grad_method: "autodiff" (GradientTape) or a finite-difference method of
             `exburn_tf.numerical` (for gradient checking; one device only).
         epsilon: finite-difference step.
@@ -79,6 +144,7 @@ class StepConfig:
     decoupled_decay: float = 0.0
     dynamic_loss_scale: bool = False
     jit_compile: bool = False
+    whole_call_xla: bool = False
     grad_method: str = "autodiff"
     epsilon: float = 1e-5
     max_skipped_in_row: int = 0
@@ -88,7 +154,8 @@ class StepConfig:
         schedule_key, keepalive = schedules_lib.structure(self.schedule)
         key = (self.pipeline.structure(), schedule_key, self.schedule_unit, self.warmup > 0,
                self.accumulate, self.track_accuracy, self.decoupled_decay > 0,
-               self.dynamic_loss_scale, self.jit_compile, self.grad_method,
+               self.dynamic_loss_scale, self.jit_compile, self.whole_call_xla,
+               self.grad_method,
                None if self.grad_method == "autodiff" else self.epsilon,
                self.max_skipped_in_row > 0)
         return key, keepalive
@@ -248,7 +315,10 @@ class TrainStep:
         self.hyper = StepHyperparameters(config)
         self.configure(config)
         self._forward_backward = ForwardBackward(model, config, state=model.state)
-        self._function = tf.function(self._run_steps)
+        self._function = tf.function(self._run_iterator_steps)
+        self._array_function = tf.function(self._run_array_steps)
+        self._xla_functions = {}  # batch size -> the whole-call XLA function
+        self.whole_call_xla = bool(config.whole_call_xla)
 
     def configure(self, config):
         """Takes the numbers of `config`, a config of the same structure (no retrace)."""
@@ -260,16 +330,62 @@ class TrainStep:
         """Whether the loss defines an accuracy (known once the step has been traced)."""
         return self._forward_backward.has_accuracy
 
-    def __call__(self, iterator, num_steps, micro_batches=None):
+    def __call__(self, source, num_steps, micro_batches=None, start=0):
         """Runs up to `num_steps` optimizer steps, pulling at most `micro_batches`.
 
-        The micro-batch budget lets one iterator span many epochs: the last step of an
-        epoch stops at the epoch's end even when its group is short (None: no budget).
+        `source` is an iterator over (x, y[, sample_weight]) micro-batches or an
+        `ArrayEpoch`, read from its micro-batch `start` on. The micro-batch budget lets
+        one iterator span many epochs: the last step of an epoch stops at the epoch's end
+        even when its group is short (None: no budget).
         """
-        budget = _NO_BUDGET if micro_batches is None else micro_batches
+        budget = tf.constant(_NO_BUDGET if micro_batches is None else micro_batches,
+                             tf.int32)
+        num_steps = tf.constant(num_steps, tf.int32)
         # Host sync point: one read-back per call, never per step.
-        return self._function(iterator, tf.constant(num_steps, tf.int32),
-                              tf.constant(budget, tf.int32)).numpy()
+        if isinstance(source, ArrayEpoch):
+            if self.whole_call_xla:
+                return self._xla_array_call(source, num_steps, budget, start)
+            return self._array_function(
+                source.arrays, source.order, tf.constant(source.batch_size, tf.int32),
+                tf.constant(start, tf.int32), num_steps, budget).numpy()
+        return self._function(source, num_steps, budget).numpy()
+
+    def _xla_array_call(self, source, num_steps, budget, start):
+        """The call as one XLA computation over full batches; a step whose group holds
+        the partial last batch runs after it, in the graph function (XLA needs static
+        shapes; padding would change batch statistics such as BatchNorm's)."""
+        size, b, k = int(source.order.shape[0]), source.batch_size, self.config.accumulate
+        full = size // b
+        steps, budget = int(num_steps), int(budget)
+        if full * b < size:  # steps before the group holding the partial batch
+            steps_in_xla = min(steps, max(full // k - start // k, 0))
+        else:
+            steps_in_xla = steps
+        out = None
+        if steps_in_xla > 0:
+            function = self._xla_functions.get(b)
+            if function is None:
+                function = self._xla_functions[b] = tf.function(
+                    lambda arrays, order, first, n, limit: self._run_steps(
+                        _FullArrayBatches(arrays, order, b, first), n, limit),
+                    jit_compile=True)
+            out = function(source.arrays, source.order, tf.constant(start, tf.int32),
+                           tf.constant(steps_in_xla, tf.int32),
+                           tf.constant(budget, tf.int32)).numpy()
+            pulled = int(out[MICRO_BATCHES])
+            if (steps_in_xla == steps or out[DONE] or out[REFUSED_STEP]
+                    or out[MAX_SKIPPED_IN_ROW] >= self._skip_limit()):
+                return out
+            start, budget, steps = start + pulled, budget - pulled, steps - int(out[STEPS])
+        tail = self._array_function(
+            source.arrays, source.order, tf.constant(b, tf.int32), tf.constant(start, tf.int32),
+            tf.constant(steps, tf.int32), tf.constant(budget, tf.int32)).numpy()
+        return tail if out is None else combine_calls(out, tail)
+
+    def _skip_limit(self):
+        if self.config.max_skipped_in_row:
+            return float(self.config.max_skipped_in_row)
+        return float("inf")
 
     # -- per micro-batch ---------------------------------------------------------------
 
@@ -279,8 +395,9 @@ class TrainStep:
         per_replica = self.strategy.run(self._forward_backward.fn, args=args)
         return sum_over_replicas(self.strategy, per_replica)
 
-    def _accumulate(self, iterator, budget):
-        """Pulls up to min(k, budget) micro-batches.
+    def _accumulate(self, batches, offset, budget):
+        """Pulls up to min(k, budget) micro-batches, the first being the call's
+        `offset`-th.
 
         Returns (count, grad sums, loss sum, counts, samples).
         """
@@ -288,36 +405,35 @@ class TrainStep:
         zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
         empty = (tf.constant(0), zeros, tf.constant(0.0), tf.zeros([2]), tf.constant(0.0))
 
-        def pull(got, grad_sums, loss_sum, correct, samples):
-            optional = iterator.get_next_as_optional()
+        def pull(i, got, grad_sums, loss_sum, correct, samples):
+            has_value, value = batches.next(offset + i)
 
             def take():
-                grads, objective, batch_correct, batch_samples = self._replicated(
-                    *optional.get_value())
+                grads, objective, batch_correct, batch_samples = self._replicated(*value())
                 return (got + 1, [a + b for a, b in zip(grad_sums, grads)],
                         loss_sum + objective, correct + batch_correct, samples + batch_samples)
 
-            return tf.cond(optional.has_value(), take,
+            return tf.cond(has_value, take,
                            lambda: (got, grad_sums, loss_sum, correct, samples))
 
         if self.config.accumulate == 1:
-            return self._pull_one(iterator, empty)
+            return self._pull_one(batches, offset, empty)
         limit = tf.minimum(self.config.accumulate, budget)
-        # A group ends after k micro-batches, at the budget, or when the iterator runs dry.
+        # A group ends after k micro-batches, at the budget, or when the data runs dry.
         _, *result = tf.while_loop(
             lambda i, got, *_: tf.logical_and(i < limit, tf.equal(got, i)),
-            lambda i, *carry: (i + 1, *pull(*carry)),
+            lambda i, *carry: (i + 1, *pull(i, *carry)),
             (tf.constant(0), *empty))
         return tuple(result)
 
-    def _pull_one(self, iterator, empty):
+    def _pull_one(self, batches, offset, empty):
         """k = 1: the micro-batch's gradient is the group's sum, no running sums needed."""
-        optional = iterator.get_next_as_optional()
+        has_value, value = batches.next(offset)
 
         def take():
-            return (tf.constant(1), *self._replicated(*optional.get_value()))
+            return (tf.constant(1), *self._replicated(*value()))
 
-        return tf.cond(optional.has_value(), take, lambda: empty)
+        return tf.cond(has_value, take, lambda: empty)
 
     # -- per optimizer step ------------------------------------------------------------
 
@@ -423,7 +539,14 @@ class TrainStep:
 
     # -- per call ------------------------------------------------------------------------
 
-    def _run_steps(self, iterator, num_steps, budget):
+    def _run_iterator_steps(self, iterator, num_steps, budget):
+        return self._run_steps(_IteratorBatches(iterator), num_steps, budget)
+
+    def _run_array_steps(self, arrays, order, batch_size, start, num_steps, budget):
+        return self._run_steps(_ArrayBatches(arrays, order, batch_size, start),
+                               num_steps, budget)
+
+    def _run_steps(self, batches, num_steps, budget):
         self.trace_count += 1  # Python side effect: runs only while tracing.
         k = self.config.accumulate
 
@@ -432,7 +555,7 @@ class TrainStep:
         def one_step(i, done, sums, last_lr, max_in_row, bad):
             pulled = tf.cast(sums[MICRO_BATCHES], tf.int32)
             got, grad_sums, loss_sum, counts, samples = self._accumulate(
-                iterator, budget - pulled)
+                batches, pulled, budget - pulled)
 
             def step():
                 bad_labels = counts[1]
@@ -468,6 +591,16 @@ class TrainStep:
              tf.constant(0.0), tf.zeros([3])))
         return tf.concat([sums, [last_lr, tf.cast(done, tf.float32), max_in_row], bad],
                          axis=0)
+
+
+def combine_calls(first, second):
+    """The metric vector of two calls made one after the other, as if one call."""
+    out = second.copy()
+    out[:NUM_SUMS] = first[:NUM_SUMS] + second[:NUM_SUMS]
+    if second[STEPS] == 0:
+        out[LAST_LR] = first[LAST_LR]
+    out[MAX_SKIPPED_IN_ROW] = max(first[MAX_SKIPPED_IN_ROW], second[MAX_SKIPPED_IN_ROW])
+    return out
 
 
 def default_config(model, clip_norm=None, clip_value=None, weight_decay=None,

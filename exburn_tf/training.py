@@ -107,6 +107,10 @@ class _Fit:
         self.control = CallControl(strategy, self.checkpoints,
                                    mid_epoch=self.train.arrays is not None or self.saves_iterator)
         self._next_iterator = None  # tf.data: the next epoch's iterator, made in advance
+        # Array data on one device: batches gathered inside the compiled step (no
+        # tf.data between steps); under a strategy, or with steps_per_epoch, tf.data.
+        self.in_graph_arrays = (self.train.arrays is not None and opts.steps_per_epoch is None
+                                and not tf.distribute.has_strategy())
         self.steps_per_epoch = self.train.steps_per_epoch(opts.accumulate_gradients)
         if opts.lr_schedule_unit == "step" and isinstance(opts.lr_schedule, tuple) and \
                 self.steps_per_epoch is None:
@@ -161,7 +165,8 @@ class _Fit:
             mixed_precision.policy(model.keras_model, self.opts.mixed_precision))
         self.model = model
         model.run_context = self.context
-        self.step = _compiled_step(model, self.opts, self.schedule, self.strategy)
+        self.step = _compiled_step(model, self.opts, self.schedule, self.strategy,
+                                   self.in_graph_arrays)
         # Under several workers the call length is agreed through the strategy
         # (CallControl: worker 0's pacing), so "auto" stays in step across workers.
         self.pacer = CallPacer(self.opts.steps_per_execution)
@@ -281,8 +286,9 @@ class _Fit:
             traces = self.step.trace_count
             call_start = time.perf_counter()
             try:
+                pulled = int(sums[step_lib.MICRO_BATCHES])
                 out = self.step(iterator, num_steps,
-                                None if budget is None else budget - int(sums[step_lib.MICRO_BATCHES]))
+                                None if budget is None else budget - pulled, start=pulled)
             except tf.errors.InvalidArgumentError as error:
                 # A tf.data batch after the first (which was checked) that the model or
                 # loss rejects; the steps before it were applied.
@@ -354,6 +360,11 @@ class _Fit:
                 self._next_iterator = self._new_iterator(epoch + 1)
                 self._restore_iterator(position, "next_iterator", self._next_iterator)
             return iterator, None
+        if self.in_graph_arrays:
+            source = self.train.array_epoch(epoch)
+            if source is not None:
+                return source, self.train.num_batches
+            self.in_graph_arrays = False  # too large for the device: tf.data below
         if self._shared_iterator is None:
             skip = position["micro_batches"] if position is not None else 0
             dataset = self.train.epochs(epoch, opts.epochs, skip)
@@ -452,7 +463,7 @@ class _Fit:
         self._bind(model)
 
 
-def _compiled_step(model, opts, schedule, strategy):
+def _compiled_step(model, opts, schedule, strategy, in_graph_arrays=False):
     """The model's `TrainStep` for these options, reused across `fit` calls.
 
     The key holds what the traced graph depends on: the config's structure, the mixed
@@ -461,7 +472,7 @@ def _compiled_step(model, opts, schedule, strategy):
     Numbers (rates, decay, clip bounds, warmup) are not in it: the step takes them as
     variable values, so fits that differ only in numbers share one trace.
     """
-    config = _step_config(model, opts, schedule)
+    config = _step_config(model, opts, schedule, in_graph_arrays)
     structure, structure_objects = config.structure()
     identity, identity_objects = cache_lib.model_identity(model)
     key = (structure, opts.mixed_precision,
@@ -474,7 +485,19 @@ def _compiled_step(model, opts, schedule, strategy):
     return step
 
 
-def _step_config(model, opts, schedule):
+# jit_compile="auto" on the in-graph array path, per device type: whether the whole call
+# is one XLA computation (measured in docs/performance.md, "jit_compile='auto'").
+AUTO_WHOLE_CALL_XLA = {"CPU": False, "GPU": False}
+
+
+def _whole_call_xla(jit_compile):
+    if jit_compile != "auto":
+        return bool(jit_compile)
+    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    return AUTO_WHOLE_CALL_XLA[device]
+
+
+def _step_config(model, opts, schedule, in_graph_arrays=False):
     decay = model.weight_decay if opts.weight_decay is None else opts.weight_decay
     coupled = decay if opts.weight_decay_mode == "coupled" else 0.0
     pipeline = gradients_lib.GradientPipeline(
@@ -485,7 +508,9 @@ def _step_config(model, opts, schedule):
         accumulate=opts.accumulate_gradients,
         track_accuracy=opts.accuracy,
         decoupled_decay=decay if opts.weight_decay_mode == "decoupled" else 0.0,
-        jit_compile=opts.jit_compile, grad_method=opts.grad_method, epsilon=opts.epsilon,
+        jit_compile=opts.jit_compile is True,
+        whole_call_xla=in_graph_arrays and _whole_call_xla(opts.jit_compile),
+        grad_method=opts.grad_method, epsilon=opts.epsilon,
         max_skipped_in_row=opts.max_skipped_steps if opts.terminate_on_nan else 0,
         dynamic_loss_scale=opts.mixed_precision == "mixed_float16")
 

@@ -1,0 +1,198 @@
+"""Array data on one device: batches gathered inside the compiled step (issue 12).
+
+The in-graph path must train exactly as the tf.data path it replaces: the same batches in
+the same order, so the same weights and history bit for bit, with shuffling, accumulation,
+a short last micro-batch, sample weights, warmup and a per-step schedule. The tf.data path
+is forced by making `TrainData.array_epoch` decline, as it does for arrays too large for
+an accelerator.
+"""
+import os
+import signal
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import exburn_tf as eb
+from exburn_tf import cache as cache_lib
+from exburn_tf import data as data_lib
+from exburn_tf import step as step_lib
+
+from training_helpers import classification_data, compiled, weights
+
+
+def _train_step(model):
+    (step,) = cache_lib.model_cache(model, "train_steps").values()
+    return step
+
+
+def _untimed(history):
+    timed = ("_ms", "samples_per")
+    return [{k: v for k, v in e.items() if not any(t in k for t in timed)} for e in history]
+
+
+def _streaming(monkeypatch):
+    monkeypatch.setattr(data_lib.TrainData, "array_epoch", lambda self, epoch: None)
+
+
+def _run(data, **options):
+    model = compiled(optimizer=eb.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
+    eb.fit(model, data, verbose=False, **options)
+    return model
+
+
+FULL_OPTIONS = dict(epochs=3, batch_size=10, shuffle=True, seed=7, accumulate_gradients=3,
+                    clip_norm=0.5, weight_decay=1e-3, warmup=4,
+                    lr_schedule=("cosine", 0.1, 1e-3), lr_schedule_unit="step",
+                    accuracy=True)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_in_graph_arrays_train_bit_identical_to_the_tf_data_path(monkeypatch, weighted):
+    x, y = classification_data(103)  # 11 batches, the last of 3 samples; groups 3+3+3+2
+    data = (x, y, np.linspace(0.5, 2.0, 103).astype("float32")) if weighted else (x, y)
+    fast = _run(data, **FULL_OPTIONS)
+    _streaming(monkeypatch)
+    streamed = _run(data, **FULL_OPTIONS)
+    for a, b in zip(weights(fast), weights(streamed)):
+        np.testing.assert_array_equal(a, b)
+    assert _untimed(fast.history) == _untimed(streamed.history)
+
+
+def test_the_fit_of_array_data_uses_the_in_graph_path_with_one_trace():
+    x, y = classification_data(103)
+    model = _run((x, y), **FULL_OPTIONS)
+    step = _train_step(model)
+    assert step._array_function.experimental_get_tracing_count() == 1
+    assert step._function.experimental_get_tracing_count() == 0
+    assert step.trace_count == 1
+    assert model.step == 3 * 4  # 4 optimizer steps per epoch (3 + 3 + 3 + 2 batches)
+
+
+def test_array_epoch_orders_are_the_tf_data_orders():
+    """The order of each epoch is the one `TrainData.epochs` streams: a pure function of
+    (seed, epoch), also for a resumed position."""
+    x, y = classification_data(23)
+    train = data_lib.TrainData((x, y), batch_size=5, shuffle=True, seed=11)
+    streamed = [b for b in train.epochs(1, 2)]
+    gathered = []
+    for epoch in (1, 2):
+        source = train.array_epoch(epoch)
+        assert isinstance(source, step_lib.ArrayEpoch)
+        order = source.order.numpy()
+        gathered += [x[order[i:i + 5]] for i in range(0, 23, 5)]
+    assert len(streamed) == len(gathered) == 10
+    for (bx, _), gx in zip(streamed, gathered):
+        np.testing.assert_array_equal(bx.numpy(), gx)
+    first, second = (train.array_epoch(e).order.numpy() for e in (1, 2))
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, train.array_epoch(1).order.numpy())
+
+
+def test_in_graph_arrays_with_dict_inputs_and_labels_match_tf_data(monkeypatch):
+    rng = np.random.RandomState(3)
+    xa, xb = rng.randn(37, 2).astype("float32"), rng.randn(37, 3).astype("float32")
+    y = rng.randint(0, 4, 37).astype("int32")
+
+    def model():
+        keras.utils.set_random_seed(1)
+        a, b = keras.Input((2,), name="a"), keras.Input((3,), name="b")
+        out = keras.layers.Dense(4, name="out")(keras.layers.Concatenate()([a, b]))
+        return eb.Model.compile(keras.Model({"a": a, "b": b}, out), loss="cross_entropy",
+                                optimizer="adam", learning_rate=0.01)
+
+    options = dict(epochs=2, batch_size=8, shuffle=True, seed=2, verbose=False)
+    fast = model()
+    eb.fit(fast, ({"a": xa, "b": xb}, y), **options)
+    _streaming(monkeypatch)
+    streamed = model()
+    eb.fit(streamed, ({"a": xa, "b": xb}, y), **options)
+    for a, b in zip(weights(fast), weights(streamed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_strategy_keeps_the_tf_data_path():
+    x, y = classification_data(40)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = compiled()
+    eb.fit(model, (x, y), epochs=1, batch_size=8, verbose=False, strategy=strategy)
+    step = _train_step(model)
+    assert step._array_function.experimental_get_tracing_count() == 0
+    assert step._function.experimental_get_tracing_count() == 1
+
+
+# -- jit_compile=True: the whole call as one XLA computation ------------------------------
+
+
+def _xla_fit(data, **options):
+    model = _run(data, jit_compile=True, **options)
+    return model, _train_step(model)
+
+
+def test_whole_call_xla_matches_the_graph_path_and_reruns_bit_identical():
+    """Full batches run in one XLA computation per call, the group holding the partial
+    last batch in the graph function: 2 traces (one per static shape), the same counts,
+    the graph path's numbers to float rounding, and identical reruns."""
+    x, y = classification_data(103)
+    graph = _run((x, y), **FULL_OPTIONS)
+    xla, step = _xla_fit((x, y), **FULL_OPTIONS)
+    again, _ = _xla_fit((x, y), **FULL_OPTIONS)
+    assert step.whole_call_xla and len(step._xla_functions) == 1
+    assert step.trace_count == 2
+    assert xla.step == graph.step == 12
+    for a, b, c in zip(weights(graph), weights(xla), weights(again)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(b, c)
+    for g, e in zip(graph.history, xla.history):
+        assert e["accuracy"] == g["accuracy"]
+        assert e["loss"] == pytest.approx(g["loss"], rel=1e-5)
+
+
+def test_whole_call_xla_without_a_partial_batch_is_one_trace():
+    x, y = classification_data(100)
+    options = dict(FULL_OPTIONS, accumulate_gradients=1)
+    model, step = _xla_fit((x, y), **options)
+    assert step.trace_count == 1
+    assert model.step == 30
+
+
+def test_whole_call_xla_resumes_mid_epoch_bit_identical(tmp_path):
+    """A fit stopped by SIGTERM mid-epoch (step checkpoints) and resumed gives the weights of the
+    uninterrupted XLA run: the XLA computation takes its start position at run time."""
+    x, y = classification_data(103)
+    options = dict(FULL_OPTIONS, checkpoint_dir=str(tmp_path), checkpoint_every=2,
+                   checkpoint_unit="step", steps_per_execution=1)
+    whole, _ = _xla_fit((x, y), **dict(options, checkpoint_dir=str(tmp_path / "whole")))
+
+    class TermAt:  # SIGTERM to this process at the end of the call reaching step 6
+        def on_train_batch_end(self, batch, logs):
+            if logs["step"] == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def __call__(self, metrics):
+            return metrics
+
+    first = compiled(optimizer=eb.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
+    with pytest.raises(eb.Preempted):
+        eb.fit(first, (x, y), jit_compile=True, verbose=False, callbacks=[TermAt()],
+               **options)
+    assert first.step == 6
+    resumed = compiled(optimizer=eb.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
+    eb.fit(resumed, (x, y), jit_compile=True, verbose=False, resume=True, **options)
+    assert resumed.step == 12
+    for a, b in zip(weights(whole), weights(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_jit_compile_auto_follows_the_measured_table(monkeypatch):
+    from exburn_tf import training
+    x, y = classification_data(40)
+    options = dict(epochs=1, batch_size=8, jit_compile="auto")
+    assert not training.AUTO_WHOLE_CALL_XLA["CPU"]  # measured slower on convolutions
+    assert not _train_step(_run((x, y), **options)).whole_call_xla
+    monkeypatch.setitem(training.AUTO_WHOLE_CALL_XLA, "CPU", True)
+    step = _train_step(_run((x, y), **options))
+    assert step.whole_call_xla and len(step._xla_functions) == 1
+    assert step._forward_backward.fn == step._forward_backward._run  # no nested XLA
