@@ -322,7 +322,8 @@ class TrainData:
         self.steps_per_epoch_option = steps_per_epoch
         self.validation_arrays = None
         self._device_arrays = None
-        self._on_accelerator = bool(tf.config.list_logical_devices("GPU"))
+        # The device the step runs on (one device: `array_epoch`).
+        self._device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
         if isinstance(data, tf.data.Dataset):
             self._init_dataset(data, sample_weight, class_weight, validation_split)
         else:
@@ -416,15 +417,13 @@ class TrainData:
         if self.num_samples + self.batch_size >= 2**31:  # int32 positions in the step
             return None
         if self._device_arrays is None:
-            self._device_arrays = _on_compute_device(self.arrays)
+            self._device_arrays = _on_device(self.arrays, self._device)
             if self._device_arrays is None:
                 return None
         with tf.device("/cpu:0"):  # the order is the host's, whatever the device
             order = tf.cast(epoch_order(self.num_samples, self.seed, epoch, self.shuffle),
                             tf.int32)
-        if self._on_accelerator:
-            with tf.device("/gpu:0"):
-                order = tf.identity(order)
+        (order,) = _on_device([order], self._device)
         return step_lib.ArrayEpoch(self._device_arrays, order, self.batch_size)
 
     def steps_per_epoch(self, accumulate):
@@ -488,14 +487,13 @@ def epoch_order(n, seed, epoch, shuffle):
 DEVICE_ARRAYS_MAX_BYTES = 2 * 1024**3
 
 
-def _on_compute_device(arrays):
-    """`arrays` as tensors on the device the step runs on, or None (too large for it)."""
-    if not tf.config.list_logical_devices("GPU"):
-        with tf.device("/cpu:0"):
-            return tf.nest.map_structure(tf.convert_to_tensor, arrays)
-    if sum(np.asarray(a).nbytes for a in tf.nest.flatten(arrays)) > DEVICE_ARRAYS_MAX_BYTES:
+def _on_device(arrays, device):
+    """`arrays` as tensors on `device`, or None when an accelerator's share is exceeded
+    (on the CPU the arrays are in that memory already, and `identity` copies nothing)."""
+    if device != "/cpu:0" and \
+            sum(np.asarray(a).nbytes for a in tf.nest.flatten(arrays)) > DEVICE_ARRAYS_MAX_BYTES:
         return None
-    with tf.device("/gpu:0"):
+    with tf.device(device):
         return tf.nest.map_structure(lambda a: tf.identity(tf.convert_to_tensor(a)), arrays)
 
 

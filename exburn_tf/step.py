@@ -63,35 +63,30 @@ class ArrayEpoch:
 
 
 class _ArrayBatches:
-    """In-graph view of an `ArrayEpoch`: `next(index)` -> (has_value, get_value)."""
+    """In-graph view of an `ArrayEpoch`: `next(index)` -> (has_value, get_value).
 
-    def __init__(self, arrays, order, batch_size, start):
+    `full_only` (XLA, a static batch size): only full batches are offered; the caller
+    runs a partial last batch outside XLA.
+    """
+
+    def __init__(self, arrays, order, batch_size, start, full_only=False):
         self.arrays, self.order, self.batch_size, self.start = arrays, order, batch_size, start
+        self.full_only = full_only
         self.size = tf.shape(order, out_type=tf.int32)[0]
 
     def next(self, index):
         first = (self.start + index) * self.batch_size
 
         def value():
-            indices = self.order[first:tf.minimum(first + self.batch_size, self.size)]
+            if self.full_only:
+                # A gather, not a slice: XLA takes a slice's start as a compile-time constant.
+                indices = tf.gather(self.order, first + tf.range(self.batch_size))
+            else:
+                indices = self.order[first:tf.minimum(first + self.batch_size, self.size)]
             return tf.nest.map_structure(lambda a: tf.gather(a, indices), self.arrays)
 
-        return first < self.size, value
-
-
-class _FullArrayBatches(_ArrayBatches):
-    """`_ArrayBatches` of a static batch size, for XLA: only full batches are offered
-    (the caller runs a partial last batch outside XLA)."""
-
-    def next(self, index):
-        first = (self.start + index) * self.batch_size
-
-        def value():
-            # A gather, not a slice: XLA takes a slice's start as a compile-time constant.
-            indices = tf.gather(self.order, first + tf.range(self.batch_size))
-            return tf.nest.map_structure(lambda a: tf.gather(a, indices), self.arrays)
-
-        return first + self.batch_size <= self.size, value
+        end = first + self.batch_size if self.full_only else first + 1
+        return end <= self.size, value
 
 
 class _IteratorBatches:
@@ -338,25 +333,24 @@ class TrainStep:
         one iterator span many epochs: the last step of an epoch stops at the epoch's end
         even when its group is short (None: no budget).
         """
-        budget = tf.constant(_NO_BUDGET if micro_batches is None else micro_batches,
-                             tf.int32)
-        num_steps = tf.constant(num_steps, tf.int32)
+        budget = _NO_BUDGET if micro_batches is None else micro_batches
         # Host sync point: one read-back per call, never per step.
         if isinstance(source, ArrayEpoch):
             if self.whole_call_xla:
                 return self._xla_array_call(source, num_steps, budget, start)
-            return self._array_function(
-                source.arrays, source.order, tf.constant(source.batch_size, tf.int32),
-                tf.constant(start, tf.int32), num_steps, budget).numpy()
-        return self._function(source, num_steps, budget).numpy()
+            return self._graph_array_call(source, num_steps, budget, start)
+        return self._function(source, *_int32(num_steps, budget)).numpy()
 
-    def _xla_array_call(self, source, num_steps, budget, start):
+    def _graph_array_call(self, source, num_steps, budget, start):
+        return self._array_function(source.arrays, source.order, *_int32(
+            source.batch_size, start, num_steps, budget)).numpy()
+
+    def _xla_array_call(self, source, steps, budget, start):
         """The call as one XLA computation over full batches; a step whose group holds
         the partial last batch runs after it, in the graph function (XLA needs static
         shapes; padding would change batch statistics such as BatchNorm's)."""
         size, b, k = int(source.order.shape[0]), source.batch_size, self.config.accumulate
         full = size // b
-        steps, budget = int(num_steps), int(budget)
         if full * b < size:  # steps before the group holding the partial batch
             steps_in_xla = min(steps, max(full // k - start // k, 0))
         else:
@@ -367,19 +361,16 @@ class TrainStep:
             if function is None:
                 function = self._xla_functions[b] = tf.function(
                     lambda arrays, order, first, n, limit: self._run_steps(
-                        _FullArrayBatches(arrays, order, b, first), n, limit),
+                        _ArrayBatches(arrays, order, b, first, full_only=True), n, limit),
                     jit_compile=True)
-            out = function(source.arrays, source.order, tf.constant(start, tf.int32),
-                           tf.constant(steps_in_xla, tf.int32),
-                           tf.constant(budget, tf.int32)).numpy()
+            out = function(source.arrays, source.order,
+                           *_int32(start, steps_in_xla, budget)).numpy()
             pulled = int(out[MICRO_BATCHES])
             if (steps_in_xla == steps or out[DONE] or out[REFUSED_STEP]
                     or out[MAX_SKIPPED_IN_ROW] >= self._skip_limit()):
                 return out
             start, budget, steps = start + pulled, budget - pulled, steps - int(out[STEPS])
-        tail = self._array_function(
-            source.arrays, source.order, tf.constant(b, tf.int32), tf.constant(start, tf.int32),
-            tf.constant(steps, tf.int32), tf.constant(budget, tf.int32)).numpy()
+        tail = self._graph_array_call(source, steps, budget, start)
         return tail if out is None else combine_calls(out, tail)
 
     def _skip_limit(self):
@@ -591,6 +582,11 @@ class TrainStep:
              tf.constant(0.0), tf.zeros([3])))
         return tf.concat([sums, [last_lr, tf.cast(done, tf.float32), max_in_row], bad],
                          axis=0)
+
+
+def _int32(*values):
+    """Host ints as int32 tensors: call arguments that never retrace."""
+    return [tf.constant(value, tf.int32) for value in values]
 
 
 def combine_calls(first, second):

@@ -18,6 +18,7 @@ import tensorflow as tf
 import exburn_tf as eb
 from exburn_tf.state import TrainingState
 from exburn_tf.step import LOSS_SCALE_GROWTH_INTERVAL, TrainStep, default_config
+from worker_model import assert_same_weights
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -173,9 +174,7 @@ def test_multi_worker_without_a_seed_agrees_on_the_chiefs(tmp_path):
     _run_workers(os.path.join(HERE, "seed_worker.py"), tmp_path, _worker_env())
     seeds = [json.loads((tmp_path / f"worker{i}.json").read_text())["seed"] for i in (0, 1)]
     assert seeds[0] == seeds[1]
-    weights = [np.load(tmp_path / f"worker{i}.npz") for i in (0, 1)]
-    for key in weights[0].files:
-        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+    assert_same_weights(tmp_path / "worker1.npz", tmp_path / "worker0.npz")
 
 
 @pytest.mark.slow
@@ -221,8 +220,5 @@ def test_sigterm_to_one_worker_stops_all_at_one_step_and_the_group_resumes(tmp_p
     stops = [out.split("preempted at step ")[1].split()[0] for out in outputs]
     assert stops[0] == stops[1], outputs
     _run_workers(worker, run, env, "--resume")
-    expected = np.load(reference / "worker0.npz")
     for index in range(2):
-        got = np.load(run / f"worker{index}.npz")
-        for key in expected.files:
-            np.testing.assert_array_equal(got[key], expected[key])
+        assert_same_weights(run / f"worker{index}.npz", reference / "worker0.npz")

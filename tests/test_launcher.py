@@ -14,11 +14,11 @@ import textwrap
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from exburn_tf import cli
 from exburn_tf import launcher
+from worker_model import assert_same_weights
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -262,9 +262,7 @@ def test_a_real_multi_worker_job_restarts_and_trains(tmp_path):
     assert "worker 1 exited with status 3" in done.stderr
     assert "restarting all 2 workers (restart 1 of 3)" in done.stderr
     assert "[worker 0] Epoch 3/3" in done.stdout
-    weights = [np.load(tmp_path / f"worker{index}.npz") for index in range(2)]
-    for key in weights[0].files:
-        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+    assert_same_weights(tmp_path / "worker1.npz", tmp_path / "worker0.npz")
     history = json.loads((tmp_path / "worker0.json").read_text())
     assert [epoch["epoch"] for epoch in history] == [1, 2, 3]
     assert history[-1]["loss"] < history[0]["loss"]
@@ -304,8 +302,6 @@ def test_a_job_killed_again_and_again_under_the_launcher_ends_bit_identical(tmp_
     steps = [int(s) for s in (tmp_path / "run" / "steps0.log").read_text().split()]
     assert any(later <= earlier for earlier, later in zip(steps, steps[1:])), \
         "no attempt resumed from a checkpoint before the step it had reached"
-    expected = np.load(tmp_path / "reference" / "worker0.npz")
     for index in range(2):
-        got = np.load(tmp_path / "run" / f"worker{index}.npz")
-        for key in expected.files:
-            np.testing.assert_array_equal(got[key], expected[key])
+        assert_same_weights(tmp_path / "run" / f"worker{index}.npz",
+                            tmp_path / "reference" / "worker0.npz")

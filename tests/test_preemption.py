@@ -274,37 +274,9 @@ def test_a_failed_background_write_is_raised_by_fit(tmp_path, monkeypatch):
         eb.fit(_build(), _arrays(), epochs=1, verbose=False, checkpoint_dir=tmp_path)
 
 
-def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
-    commit = checkpoint_lib.commit
-    writing = threading.Event()
-
-    def slow_commit(*args, **kwargs):
-        writing.set()
-        time.sleep(0.5)
-        return commit(*args, **kwargs)
-
-    steps_while_writing = []
-
-    class Watch:
-        def on_train_batch_end(self, batch, logs):
-            if writing.is_set():
-                steps_while_writing.append(logs["step"])
-
-        def __call__(self, metrics):
-            return metrics
-
-    monkeypatch.setattr(checkpoint_lib, "commit", slow_commit)
-    eb.fit(_build(), _arrays(), epochs=2, batch_size=10, seed=1, verbose=False,
-           steps_per_execution=1, callbacks=[Watch()], checkpoint_dir=tmp_path,
-           checkpoint_every=4, checkpoint_unit="step")
-    assert steps_while_writing  # the loop did not wait for the first write
-    assert len(checkpoint_lib.list_checkpoints(tmp_path)) == 3
-
-
-def test_at_most_one_call_runs_beside_a_checkpoint_write(tmp_path, monkeypatch):
-    """The redo bound after SIGKILL: a write in flight is waited for at the end of the
-    next call, so a kill during a write loses at most `checkpoint_every` steps plus one
-    call (the newest complete checkpoint is the one before the write)."""
+def _steps_ending_during_writes(tmp_path, monkeypatch):
+    """Fits with step checkpoints every 4 steps, each write slowed to 0.6 s; returns the
+    steps whose call ended while a write was in flight."""
     commit = checkpoint_lib.commit
     in_flight = threading.Event()
 
@@ -330,6 +302,19 @@ def test_at_most_one_call_runs_beside_a_checkpoint_write(tmp_path, monkeypatch):
     eb.fit(_build(), _arrays(), epochs=2, batch_size=10, seed=1, verbose=False,
            steps_per_execution=1, callbacks=[Watch()], checkpoint_dir=tmp_path,
            checkpoint_every=4, checkpoint_unit="step")
+    return ended_during_a_write
+
+
+def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
+    assert _steps_ending_during_writes(tmp_path, monkeypatch)  # no wait for the first write
+    assert len(checkpoint_lib.list_checkpoints(tmp_path)) == 3
+
+
+def test_at_most_one_call_runs_beside_a_checkpoint_write(tmp_path, monkeypatch):
+    """The redo bound after SIGKILL: a write in flight is waited for at the end of the
+    next call, so a kill during a write loses at most `checkpoint_every` steps plus one
+    call (the newest complete checkpoint is the one before the write)."""
+    ended_during_a_write = _steps_ending_during_writes(tmp_path, monkeypatch)
     # 9 steps an epoch; writes start after steps 4, 8, 12, 16 (and at the end): only the
     # call after each overlaps it, also across an epoch's end (step 9, then 10).
     assert ended_during_a_write and set(ended_during_a_write) <= {5, 9, 13, 17}, \

@@ -1,4 +1,5 @@
-"""The small model and data the multi-worker test workers train (one definition)."""
+"""The small model and data the multi-worker test workers train (one definition), and the
+check of the weights they save."""
 import keras
 import numpy as np
 
@@ -21,3 +22,11 @@ def compiled_model(strategy):
                                         keras.layers.Dense(4)])
         return eb.Model.compile(keras_model, loss="cross_entropy", optimizer="sgd",
                                 learning_rate=0.1, momentum=0.9)
+
+
+def assert_same_weights(path, expected_path):
+    """The weights a worker saved (`np.savez` of `get_weights()`) equal, bit for bit."""
+    got, expected = np.load(path), np.load(expected_path)
+    assert got.files == expected.files
+    for key in expected.files:
+        np.testing.assert_array_equal(got[key], expected[key])
