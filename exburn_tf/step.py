@@ -314,6 +314,7 @@ class TrainStep:
         self._array_function = tf.function(self._run_array_steps)
         self._xla_functions = {}  # batch size -> the whole-call XLA function
         self.whole_call_xla = bool(config.whole_call_xla)
+        self._lean = False  # True while tracing the whole-call XLA program
 
     def configure(self, config):
         """Takes the numbers of `config`, a config of the same structure (no retrace)."""
@@ -346,32 +347,41 @@ class TrainStep:
             source.batch_size, start, num_steps, budget)).numpy()
 
     def _xla_array_call(self, source, steps, budget, start):
-        """The call as one XLA computation over full batches; a step whose group holds
-        the partial last batch runs after it, in the graph function (XLA needs static
-        shapes; padding would change batch statistics such as BatchNorm's)."""
+        """The call as one XLA computation over groups of k full micro-batches; what is
+        left (the group holding the partial last batch, a short last group) runs after
+        it in the graph function. XLA needs static shapes, and padding would change batch
+        statistics such as BatchNorm's. Knowing every group is full lets the XLA program
+        drop the step's `tf.cond`s, which in XLA copy every buffer they carry."""
         size, b, k = int(source.order.shape[0]), source.batch_size, self.config.accumulate
-        full = size // b
-        if full * b < size:  # steps before the group holding the partial batch
-            steps_in_xla = min(steps, max(full // k - start // k, 0))
-        else:
-            steps_in_xla = steps
+        full_groups = max(min(budget, size // b - start), 0) // k
+        n = min(steps, full_groups)
         out = None
-        if steps_in_xla > 0:
+        if n > 0:
             function = self._xla_functions.get(b)
             if function is None:
                 function = self._xla_functions[b] = tf.function(
-                    lambda arrays, order, first, n, limit: self._run_steps(
-                        _ArrayBatches(arrays, order, b, first, full_only=True), n, limit),
+                    lambda arrays, order, first, count, limit: self._run_full_steps(
+                        _ArrayBatches(arrays, order, b, first, full_only=True), count, limit),
                     jit_compile=True)
-            out = function(source.arrays, source.order,
-                           *_int32(start, steps_in_xla, budget)).numpy()
-            pulled = int(out[MICRO_BATCHES])
-            if (steps_in_xla == steps or out[DONE] or out[REFUSED_STEP]
+            out = function(source.arrays, source.order, *_int32(start, n, budget)).numpy()
+            if (n == steps or out[REFUSED_STEP]
                     or out[MAX_SKIPPED_IN_ROW] >= self._skip_limit()):
                 return out
+            pulled = int(out[MICRO_BATCHES])
             start, budget, steps = start + pulled, budget - pulled, steps - int(out[STEPS])
+            if min(budget, -(-size // b) - start) <= 0:
+                out[DONE] = 1.0  # the data is used up, as the graph call would report
+                return out
         tail = self._graph_array_call(source, steps, budget, start)
         return tail if out is None else combine_calls(out, tail)
+
+    def _run_full_steps(self, batches, num_steps, budget):
+        """`_run_steps` for the whole-call XLA program (see `_xla_array_call`)."""
+        self._lean = True
+        try:
+            return self._run_steps(batches, num_steps, budget)
+        finally:
+            self._lean = False
 
     def _skip_limit(self):
         if self.config.max_skipped_in_row:
@@ -407,6 +417,8 @@ class TrainStep:
             return tf.cond(has_value, take,
                            lambda: (got, grad_sums, loss_sum, correct, samples))
 
+        if self._lean:
+            return self._accumulate_full(batches, offset, empty)
         if self.config.accumulate == 1:
             return self._pull_one(batches, offset, empty)
         limit = tf.minimum(self.config.accumulate, budget)
@@ -415,6 +427,26 @@ class TrainStep:
             lambda i, got, *_: tf.logical_and(i < limit, tf.equal(got, i)),
             lambda i, *carry: (i + 1, *pull(i, *carry)),
             (tf.constant(0), *empty))
+        return tuple(result)
+
+    def _accumulate_full(self, batches, offset, empty):
+        """The whole-call XLA program's group: k micro-batches the host has checked are
+        there, so no `tf.cond` per pull (in XLA a cond copies the gradient buffers)."""
+        k = self.config.accumulate
+
+        def add(carry, i):
+            got, grad_sums, loss_sum, correct, samples = carry
+            _, value = batches.next(offset + i)
+            grads, objective, batch_correct, batch_samples = self._replicated(*value())
+            return (got + 1, [a + b for a, b in zip(grad_sums, grads)],
+                    loss_sum + objective, correct + batch_correct, samples + batch_samples)
+
+        first = add(empty, 0)
+        if k == 1:
+            return first
+        _, *result = tf.while_loop(lambda i, *_: i < k,
+                                   lambda i, *carry: (i + 1, *add(carry, i)),
+                                   (tf.constant(1), *first))
         return tuple(result)
 
     def _pull_one(self, batches, offset, empty):
@@ -457,7 +489,10 @@ class TrainStep:
             return tf.constant(0.0)
 
         apply = tf.logical_and(finite, lr_ok)
-        skipped = tf.cond(apply, update, lambda: tf.constant(1.0))
+        if self._lean:
+            skipped = self._selected_update(apply, update)
+        else:
+            skipped = tf.cond(apply, update, lambda: tf.constant(1.0))
         counted = tf.cast(lr_ok, tf.int64)
         state.skipped_in_row.assign(tf.where(
             finite, tf.zeros_like(state.skipped_in_row), state.skipped_in_row + counted))
@@ -466,6 +501,23 @@ class TrainStep:
         state.global_step.assign_add(counted)
         state.run_step.assign_add(counted)
         return tf.where(apply, grad_norm, 0.0), skipped, lr, lr_ok
+
+    def _selected_update(self, apply, update):
+        """The guarded update without a `tf.cond`, for XLA: the update always runs and
+        each variable it may write (the trainable ones and the optimizer's) then keeps
+        its new value only where `apply`; XLA fuses the select into the update, where a
+        cond would copy every buffer. Returns the skipped flag."""
+        guarded, seen = [], set()
+        for variable in (*self.model.keras_model.trainable_variables,
+                         *self.model.optimizer.variables):
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                guarded.append(variable)
+        before = [tf.identity(_tensor(variable)) for variable in guarded]
+        update()
+        for variable, old in zip(guarded, before):
+            variable.assign(tf.where(apply, _tensor(variable), old))
+        return tf.where(apply, 0.0, 1.0)
 
     def _learning_rate(self):
         """This step's rate: schedule(position) × user factor × warmup × lr_scale.
@@ -559,8 +611,11 @@ class TrainStep:
                 return (tf.where(ok, sums, tf.zeros([NUM_SUMS])),
                         tf.where(ok, lr, last_lr), tf.where(ok, bad, refused))
 
-            step_sums, lr, bad = tf.cond(
-                got > 0, step, lambda: (tf.zeros([NUM_SUMS]), last_lr, bad))
+            if self._lean:  # every group is full: no cond around the step
+                step_sums, lr, bad = step()
+            else:
+                step_sums, lr, bad = tf.cond(
+                    got > 0, step, lambda: (tf.zeros([NUM_SUMS]), last_lr, bad))
             max_in_row = tf.maximum(max_in_row, tf.cast(state.skipped_in_row, tf.float32))
             # Done when the iterator ran dry or the budget is spent (a short group).
             return i + 1, got < k, sums + step_sums, lr, max_in_row, bad
@@ -582,6 +637,11 @@ class TrainStep:
              tf.constant(0.0), tf.zeros([3])))
         return tf.concat([sums, [last_lr, tf.cast(done, tf.float32), max_in_row], bad],
                          axis=0)
+
+
+def _tensor(variable):
+    """A variable's current value as a tensor (a Keras variable wraps a tf.Variable)."""
+    return tf.convert_to_tensor(getattr(variable, "value", variable))
 
 
 def _int32(*values):

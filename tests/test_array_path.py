@@ -158,6 +158,42 @@ def test_whole_call_xla_without_a_partial_batch_is_one_trace():
     assert model.step == 30
 
 
+def _op_types(concrete):
+    """Op types of a concrete function's graph and of every function it calls."""
+    graph_def = concrete.graph.as_graph_def()
+    types = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+        types |= {node.op for node in function.node_def}
+    return types
+
+
+def test_whole_call_xla_program_has_no_cond_and_leaves_a_short_group_to_the_graph(
+        monkeypatch):
+    """Every group of the XLA program is full (checked on the host), so it holds no
+    `tf.cond`: in XLA a cond copies the gradient, weight and slot buffers it carries, 1.5x
+    the step's time on the MLP at batch 32. A short last group (10 micro-batches in groups
+    of 3) runs in the graph function, as the partial batch does."""
+    calls = []
+    original = step_lib.TrainStep._xla_array_call
+    monkeypatch.setattr(step_lib.TrainStep, "_xla_array_call",
+                        lambda self, source, *a: calls.append(source) or
+                        original(self, source, *a))
+    x, y = classification_data(100)
+    options = dict(FULL_OPTIONS, shuffle=False)
+    graph = _run((x, y), **options)
+    xla, step = _xla_fit((x, y), **options)
+    assert xla.step == graph.step == 12 and step.trace_count == 2
+    for a, b in zip(weights(graph), weights(xla)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    source = calls[0]
+    (function,) = step._xla_functions.values()
+    concrete = function.get_concrete_function(source.arrays, source.order,
+                                              *step_lib._int32(0, 1, 1))
+    types = _op_types(concrete)
+    assert "While" in types or "StatelessWhile" in types
+    assert not types & {"If", "StatelessIf"}
+
+
 def test_whole_call_xla_resumes_mid_epoch_bit_identical(tmp_path):
     """A fit stopped by SIGTERM mid-epoch (step checkpoints) and resumed gives the weights of the
     uninterrupted XLA run: the XLA computation takes its start position at run time."""

@@ -156,3 +156,31 @@ def test_fewer_bad_steps_in_a_row_than_the_limit_go_on():
     eb.fit(m, data(10, bad=[3, 4, 7, 8]), epochs=1, batch_size=BATCH, shuffle=False,
            verbose=False, max_skipped_steps=3, steps_per_execution=10)
     assert m.history[0]["skipped_steps"] == 4
+
+
+def test_the_whole_call_xla_program_skips_and_stops_as_the_graph_path():
+    """jit_compile=True guards the update with a select instead of a `tf.cond`: a
+    non-finite step still changes no variable (weights, Adam's slots and counter), is
+    counted, and max_skipped_steps stops at the same step with the same weights."""
+    arrays = data(8, bad=[2])
+    runs = {}
+    for jit in (False, True):
+        runs[jit] = model()
+        eb.fit(runs[jit], arrays, epochs=2, batch_size=BATCH, shuffle=False, verbose=False,
+               accumulate_gradients=2, jit_compile=jit)
+    graph, xla = runs[False], runs[True]
+    assert [h["skipped_steps"] for h in xla.history] == [1, 1]
+    assert int(xla.optimizer.iterations.numpy()) == int(graph.optimizer.iterations.numpy()) == 6
+    assert int(xla.state.global_step.numpy()) == 8
+    for a, b in zip(trainable_state(xla), trainable_state(graph)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+    stopped = {}
+    for jit in (False, True):
+        stopped[jit] = model()
+        with pytest.raises(FloatingPointError, match="max_skipped_steps=3"):
+            eb.fit(stopped[jit], data(10, bad=[3, 4, 5]), epochs=1, batch_size=BATCH,
+                   shuffle=False, verbose=False, max_skipped_steps=3, jit_compile=jit)
+    assert stopped[True].step == stopped[False].step == 6
+    for a, b in zip(trainable_state(stopped[True]), trainable_state(stopped[False])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
