@@ -6,7 +6,7 @@ RATE_GROUPS = {"mlp_32": "MLP b32", "mlp_1024": "MLP b1024", "cnn_32": "CNN b32"
                "cnn_128": "CNN b128", "transformer_32": "Transformer b32"}
 LABELS = {
     "eb": "eb.fit (defaults)",
-    "eb_xla": "eb.fit, jit_compile=True",
+    "eb_graph": "eb.fit, jit_compile=False (graph path)",
     "keras_tf": "Keras TF, defaults",
     "keras_tf_spe32": "Keras TF, steps_per_execution=32",
     "keras_tf_xla_spe32": "Keras TF, XLA + steps_per_execution=32",

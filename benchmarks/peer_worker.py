@@ -24,7 +24,7 @@ import traceback
 # name -> (Keras backend, kind, compile / fit options)
 CONTENDERS = {
     "eb": ("tensorflow", "eb", {}),
-    "eb_xla": ("tensorflow", "eb", {"jit_compile": True}),
+    "eb_graph": ("tensorflow", "eb", {"jit_compile": False}),
     "keras_tf": ("tensorflow", "keras", {}),
     "keras_tf_spe32": ("tensorflow", "keras", {"steps_per_execution": 32}),
     "keras_tf_xla_spe32": ("tensorflow", "keras", {"steps_per_execution": 32,

@@ -88,6 +88,11 @@ class _ArrayBatches:
         end = first + self.batch_size if self.full_only else first + 1
         return end <= self.size, value
 
+    def has_full_group(self, index, k, budget):
+        """Whether micro-batches index .. index+k-1 are all full and within `budget`."""
+        return tf.logical_and((self.start + index + k) * self.batch_size <= self.size,
+                              k <= budget)
+
 
 class _IteratorBatches:
     """In-graph view of an iterator: `next(index)` -> (has_value, get_value); the index
@@ -123,6 +128,9 @@ class StepConfig:
         whole_call_xla: with array data on one device, compile each whole call (gather,
             forward, backward, pipeline, update, metrics, over all its steps) as one XLA
             computation.
+        step_xla: with array data on one device, each optimizer step over a full group
+            is one XLA computation called from the graph's loop (the form that suits
+            convolutions on CPU); a short or partial last group runs in the graph.
         grad_method: "autodiff" (GradientTape) or a finite-difference method of
             `exburn_tf.numerical` (for gradient checking; one device only).
         epsilon: finite-difference step.
@@ -140,6 +148,7 @@ class StepConfig:
     dynamic_loss_scale: bool = False
     jit_compile: bool = False
     whole_call_xla: bool = False
+    step_xla: bool = False
     grad_method: str = "autodiff"
     epsilon: float = 1e-5
     max_skipped_in_row: int = 0
@@ -149,7 +158,7 @@ class StepConfig:
         schedule_key, keepalive = schedules_lib.structure(self.schedule)
         key = (self.pipeline.structure(), schedule_key, self.schedule_unit, self.warmup > 0,
                self.accumulate, self.track_accuracy, self.decoupled_decay > 0,
-               self.dynamic_loss_scale, self.jit_compile, self.whole_call_xla,
+               self.dynamic_loss_scale, self.jit_compile, self.whole_call_xla, self.step_xla,
                self.grad_method,
                None if self.grad_method == "autodiff" else self.epsilon,
                self.max_skipped_in_row > 0)
@@ -251,7 +260,21 @@ class ForwardBackward:
         self.config = config
         self.state = state
         self.has_accuracy = False  # set while tracing: False when the loss has no accuracy
+        self.static_batch_in_xla = False  # set while tracing an XLA program (TrainStep)
         self.fn = tf.function(self._run, jit_compile=True) if config.jit_compile else self._run
+
+    def _loss(self, y, predictions, sample_weight):
+        """`total_loss`; inside an XLA program traced as a function with an unknown batch
+        dimension, as the graph path sees it: Keras' per-output loss trackers weigh a batch
+        by its static size when known (1 when not), so a static size would log other
+        per-output losses than Keras' own fit."""
+        if not self.static_batch_in_xla:
+            return total_loss(self.model, y, predictions, sample_weight)
+        args = (y, predictions) if sample_weight is None else (y, predictions, sample_weight)
+        signature = tf.nest.map_structure(
+            lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), args)
+        return tf.function(lambda *a: total_loss(self.model, *a),
+                           input_signature=signature)(*args)
 
     def _run(self, x, y, sample_weight=None):
         keras_model = self.model.keras_model
@@ -259,8 +282,7 @@ class ForwardBackward:
         samples = batch_size_of(y)
         with tf.GradientTape() as tape:
             predictions = keras_model(x, training=True)
-            objective = loss_sum(total_loss(self.model, y, predictions, sample_weight),
-                                 samples)
+            objective = loss_sum(self._loss(y, predictions, sample_weight), samples)
             if self.config.dynamic_loss_scale:
                 objective_for_grads = objective * self.state.loss_scale
             else:
@@ -314,7 +336,21 @@ class TrainStep:
         self._array_function = tf.function(self._run_array_steps)
         self._xla_functions = {}  # batch size -> the whole-call XLA function
         self.whole_call_xla = bool(config.whole_call_xla)
-        self._lean = False  # True while tracing the whole-call XLA program
+        self.step_xla = bool(config.step_xla)
+        self._step_xla_functions = {}  # batch size -> the graph loop over per-step XLA
+        # While tracing an XLA program: "call" (the whole call) or "step" (one step).
+        self.lean = None
+
+    @property
+    def lean(self):
+        """While tracing an XLA program: "call" (the whole call) or "step" (one step);
+        None otherwise."""
+        return self._lean
+
+    @lean.setter
+    def lean(self, value):
+        self._lean = value
+        self._forward_backward.static_batch_in_xla = value is not None
 
     def configure(self, config):
         """Takes the numbers of `config`, a config of the same structure (no retrace)."""
@@ -339,12 +375,24 @@ class TrainStep:
         if isinstance(source, ArrayEpoch):
             if self.whole_call_xla:
                 return self._xla_array_call(source, num_steps, budget, start)
+            if self.step_xla:
+                return self._step_xla_array_call(source, num_steps, budget, start)
             return self._graph_array_call(source, num_steps, budget, start)
         return self._function(source, *_int32(num_steps, budget)).numpy()
 
     def _graph_array_call(self, source, num_steps, budget, start):
         return self._array_function(source.arrays, source.order, *_int32(
             source.batch_size, start, num_steps, budget)).numpy()
+
+    def _step_xla_array_call(self, source, num_steps, budget, start):
+        b = source.batch_size
+        function = self._step_xla_functions.get(b)
+        if function is None:
+            function = self._step_xla_functions[b] = tf.function(
+                lambda arrays, order, first, n, limit: self._run_step_xla_steps(
+                    arrays, order, b, first, n, limit))
+        return function(source.arrays, source.order,
+                        *_int32(start, num_steps, budget)).numpy()
 
     def _xla_array_call(self, source, steps, budget, start):
         """The call as one XLA computation over groups of k full micro-batches; what is
@@ -377,11 +425,11 @@ class TrainStep:
 
     def _run_full_steps(self, batches, num_steps, budget):
         """`_run_steps` for the whole-call XLA program (see `_xla_array_call`)."""
-        self._lean = True
+        self.lean = "call"
         try:
             return self._run_steps(batches, num_steps, budget)
         finally:
-            self._lean = False
+            self.lean = None
 
     def _skip_limit(self):
         if self.config.max_skipped_in_row:
@@ -443,6 +491,10 @@ class TrainStep:
 
         first = add(empty, 0)
         if k == 1:
+            return first
+        if self._lean == "step":  # no loop in the per-step program (see _full_group_step)
+            for i in range(1, k):
+                first = add(first, i)
             return first
         _, *result = tf.while_loop(lambda i, *_: i < k,
                                    lambda i, *carry: (i + 1, *add(carry, i)),
@@ -582,6 +634,37 @@ class TrainStep:
 
     # -- per call ------------------------------------------------------------------------
 
+    def _step_outputs(self, got, grad_sums, loss_sum, counts, samples, last_lr, bad):
+        """(metric sums, rate, refusal record) of one optimizer step over its group."""
+        state = self.model.state
+        bad_labels = counts[1]
+        grad_norm, skipped, lr, ok = self._apply(grad_sums, loss_sum, samples,
+                                                 labels_ok=tf.equal(bad_labels, 0.0))
+        sums = tf.stack([loss_sum, counts[0], samples, grad_norm, 1.0, skipped,
+                         tf.cast(got, tf.float32)])
+        refused = tf.stack([lr, tf.cast(state.global_step + 1, tf.float32), bad_labels])
+        return (tf.where(ok, sums, tf.zeros([NUM_SUMS])),
+                tf.where(ok, lr, last_lr), tf.where(ok, bad, refused))
+
+    def _full_group_step(self, batch_size):
+        """One optimizer step over a full group of array micro-batches as one XLA
+        computation, without a loop (XLA's CPU convolutions inside a loop are several
+        times slower), called from the graph's loop: (got, sums, rate, refusal)."""
+        def run(arrays, order, first, last_lr, bad):
+            self.lean = "step"
+            try:
+                batches = _ArrayBatches(arrays, order, batch_size, first, full_only=True)
+                got, *group = self._accumulate(batches, 0, None)
+                return (got, *self._step_outputs(got, *group, last_lr, bad))
+            finally:
+                self.lean = None
+
+        return tf.function(run, jit_compile=True)
+
+    def _run_step_xla_steps(self, arrays, order, batch_size, start, num_steps, budget):
+        return self._run_steps(_ArrayBatches(arrays, order, batch_size, start), num_steps,
+                               budget, step_xla=self._full_group_step(batch_size))
+
     def _run_iterator_steps(self, iterator, num_steps, budget):
         return self._run_steps(_IteratorBatches(iterator), num_steps, budget)
 
@@ -589,7 +672,7 @@ class TrainStep:
         return self._run_steps(_ArrayBatches(arrays, order, batch_size, start),
                                num_steps, budget)
 
-    def _run_steps(self, batches, num_steps, budget):
+    def _run_steps(self, batches, num_steps, budget, step_xla=None):
         self.trace_count += 1  # Python side effect: runs only while tracing.
         k = self.config.accumulate
 
@@ -597,25 +680,23 @@ class TrainStep:
 
         def one_step(i, done, sums, last_lr, max_in_row, bad):
             pulled = tf.cast(sums[MICRO_BATCHES], tf.int32)
-            got, grad_sums, loss_sum, counts, samples = self._accumulate(
-                batches, pulled, budget - pulled)
 
-            def step():
-                bad_labels = counts[1]
-                grad_norm, skipped, lr, ok = self._apply(grad_sums, loss_sum, samples,
-                                                         labels_ok=tf.equal(bad_labels, 0.0))
-                sums = tf.stack([loss_sum, counts[0], samples, grad_norm, 1.0, skipped,
-                                 tf.cast(got, tf.float32)])
-                refused = tf.stack([lr, tf.cast(state.global_step + 1, tf.float32),
-                                    bad_labels])
-                return (tf.where(ok, sums, tf.zeros([NUM_SUMS])),
-                        tf.where(ok, lr, last_lr), tf.where(ok, bad, refused))
+            def graph_step():
+                got, *group = self._accumulate(batches, pulled, budget - pulled)
+                if self._lean:  # every group is full: no cond around the step
+                    return (got, *self._step_outputs(got, *group, last_lr, bad))
+                return (got, *tf.cond(
+                    got > 0, lambda: self._step_outputs(got, *group, last_lr, bad),
+                    lambda: (tf.zeros([NUM_SUMS]), last_lr, bad)))
 
-            if self._lean:  # every group is full: no cond around the step
-                step_sums, lr, bad = step()
-            else:
-                step_sums, lr, bad = tf.cond(
-                    got > 0, step, lambda: (tf.zeros([NUM_SUMS]), last_lr, bad))
+            if step_xla is None:
+                got, step_sums, lr, bad = graph_step()
+            else:  # a full group: one XLA call; the short or partial last group: the graph
+                got, step_sums, lr, bad = tf.cond(
+                    batches.has_full_group(pulled, k, budget - pulled),
+                    lambda: step_xla(batches.arrays, batches.order, batches.start + pulled,
+                                     last_lr, bad),
+                    graph_step)
             max_in_row = tf.maximum(max_in_row, tf.cast(state.skipped_in_row, tf.float32))
             # Done when the iterator ran dry or the budget is spent (a short group).
             return i + 1, got < k, sums + step_sums, lr, max_in_row, bad

@@ -12,6 +12,7 @@ import contextlib
 import difflib
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -485,16 +486,45 @@ def _compiled_step(model, opts, schedule, strategy, in_graph_arrays=False):
     return step
 
 
-# jit_compile="auto" on the in-graph array path, per device type: whether the whole call
-# is one XLA computation (measured in docs/performance.md, "jit_compile='auto'").
-AUTO_WHOLE_CALL_XLA = {"CPU": False, "GPU": False}
+# jit_compile="auto" on the in-graph array path, per device type: whether to use an XLA
+# program at all (measured in docs/performance.md, "jit_compile='auto'").
+AUTO_XLA = {"CPU": True, "GPU": False}
+
+# Layers that XLA's CPU backend runs several times slower inside a loop: a model holding
+# one gets the per-step XLA program, called from the graph's loop, instead of the whole call.
+_LOOP_SLOW_LAYERS = tuple(getattr(keras.layers, name) for name in (
+    "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+    "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+    "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D") if hasattr(keras.layers, name))
 
 
-def _whole_call_xla(jit_compile):
-    if jit_compile != "auto":
-        return bool(jit_compile)
-    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    return AUTO_WHOLE_CALL_XLA[device]
+def _layers(keras_model):
+    return list(keras_model._flatten_layers(include_self=True, recursive=True))
+
+
+def _has_loop_slow_layers(keras_model):
+    return any(isinstance(layer, _LOOP_SLOW_LAYERS) for layer in _layers(keras_model))
+
+
+def _xla_programs(jit_compile, keras_model, in_graph_arrays):
+    """(whole_call_xla, step_xla) of a fit: which XLA program runs array data on one device.
+
+    `True` (or "auto" where `AUTO_XLA` says so): the whole call as one XLA computation,
+    or, for a model with convolutions, one XLA computation per optimizer step.
+    """
+    if not in_graph_arrays:
+        return False, False
+    if jit_compile == "auto":
+        device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+        # As Keras' own "auto": no XLA for a model with a layer that says it cannot.
+        if not AUTO_XLA[device] or not all(getattr(layer, "supports_jit", True)
+                                           for layer in _layers(keras_model)):
+            return False, False
+    elif not jit_compile:
+        return False, False
+    if _has_loop_slow_layers(keras_model):
+        return False, True
+    return True, False
 
 
 def _step_config(model, opts, schedule, in_graph_arrays=False):
@@ -502,14 +532,17 @@ def _step_config(model, opts, schedule, in_graph_arrays=False):
     coupled = decay if opts.weight_decay_mode == "coupled" else 0.0
     pipeline = gradients_lib.GradientPipeline(
         weight_decay=coupled, clip_norm=opts.clip_norm, clip_value=opts.clip_value)
+    whole_call_xla, step_xla = _xla_programs(opts.jit_compile, model.keras_model,
+                                             in_graph_arrays)
     return step_lib.StepConfig(
         pipeline=pipeline, schedule=None if isinstance(schedule, float) else schedule,
         schedule_unit=opts.lr_schedule_unit, warmup=opts.warmup,
         accumulate=opts.accumulate_gradients,
         track_accuracy=opts.accuracy,
         decoupled_decay=decay if opts.weight_decay_mode == "decoupled" else 0.0,
-        jit_compile=opts.jit_compile is True,
-        whole_call_xla=in_graph_arrays and _whole_call_xla(opts.jit_compile),
+        # XLA for the forward/backward part only where no XLA program runs the step.
+        jit_compile=opts.jit_compile is True and not (whole_call_xla or step_xla),
+        whole_call_xla=whole_call_xla, step_xla=step_xla,
         grad_method=opts.grad_method, epsilon=opts.epsilon,
         max_skipped_in_row=opts.max_skipped_steps if opts.terminate_on_nan else 0,
         dynamic_loss_scale=opts.mixed_precision == "mixed_float16")

@@ -9,3 +9,16 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
 )
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _graph_path_unless_marked(request, monkeypatch):
+    """`jit_compile="auto"` runs an XLA program on CPU, and XLA compiles for a second or
+    more per new model: the suite's hundreds of tiny fits take the graph path, except in
+    tests marked `auto_xla` (the Keras comparisons, the array path) and those that ask for
+    `jit_compile=True` themselves."""
+    if request.node.get_closest_marker("auto_xla") is None:
+        from exburn_tf import training
+        monkeypatch.setitem(training.AUTO_XLA, "CPU", False)

@@ -26,6 +26,10 @@ strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
 
 import exburn_tf as eb  # noqa: E402
+from exburn_tf import training  # noqa: E402
+
+# The suite's tiny fits take the graph path, as in conftest.py (XLA compiles per model).
+training.AUTO_XLA["CPU"] = False
 from worker_model import compiled_model, data  # noqa: E402
 
 

@@ -27,6 +27,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import exburn_tf as eb  # noqa: E402
+from exburn_tf import training  # noqa: E402
+
+# The suite's tiny fits take the graph path, as in conftest.py (XLA compiles per model).
+training.AUTO_XLA["CPU"] = False
 
 EPOCHS = 6
 SEED = 1234

@@ -17,6 +17,10 @@ strategy = tf.distribute.MultiWorkerMirroredStrategy()
 import keras  # noqa: E402
 
 import exburn_tf as eb  # noqa: E402
+from exburn_tf import training  # noqa: E402
+
+# The suite's tiny fits take the graph path, as in conftest.py (XLA compiles per model).
+training.AUTO_XLA["CPU"] = False
 
 
 def main(out_dir):

@@ -222,13 +222,75 @@ def test_whole_call_xla_resumes_mid_epoch_bit_identical(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_jit_compile_auto_follows_the_measured_table(monkeypatch):
+@pytest.mark.auto_xla
+def test_jit_compile_auto_picks_the_xla_program_per_device_type_and_model(monkeypatch):
+    """On CPU "auto" runs an XLA program: the whole call for a model without
+    convolutions, one XLA step per group for one with them; a device type the table
+    turns off keeps the graph path; tf.data inputs keep it too."""
     from exburn_tf import training
     x, y = classification_data(40)
     options = dict(epochs=1, batch_size=8, jit_compile="auto")
-    assert not training.AUTO_WHOLE_CALL_XLA["CPU"]  # measured slower on convolutions
-    assert not _train_step(_run((x, y), **options)).whole_call_xla
-    monkeypatch.setitem(training.AUTO_WHOLE_CALL_XLA, "CPU", True)
+    assert training.AUTO_XLA == {"CPU": True, "GPU": False}
     step = _train_step(_run((x, y), **options))
-    assert step.whole_call_xla and len(step._xla_functions) == 1
+    assert step.whole_call_xla and not step.step_xla and len(step._xla_functions) == 1
     assert step._forward_backward.fn == step._forward_backward._run  # no nested XLA
+    conv = eb.Model.compile(_conv_model(), loss="cross_entropy", optimizer="sgd")
+    eb.fit(conv, (_signals(40), y), verbose=False, **options)
+    assert _train_step(conv).step_xla and not _train_step(conv).whole_call_xla
+    streamed = compiled()
+    eb.fit(streamed, tf.data.Dataset.from_tensor_slices((x, y)).batch(8), verbose=False,
+           epochs=1, jit_compile="auto")
+    assert not _train_step(streamed).whole_call_xla and not _train_step(streamed).step_xla
+    monkeypatch.setitem(training.AUTO_XLA, "CPU", False)
+    step = _train_step(_run((x, y), **options))
+    assert not step.whole_call_xla and not step.step_xla
+
+
+# -- a model with convolutions: one XLA computation per optimizer step --------------------
+
+
+def _conv_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8, 1)), keras.layers.Conv1D(4, 3, padding="same", use_bias=False),
+        keras.layers.BatchNormalization(), keras.layers.ReLU(),
+        keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(4)])
+
+
+def _signals(n, seed=2):
+    return np.random.RandomState(seed).randn(n, 8, 1).astype("float32")
+
+
+def _conv_fit(jit_compile, x, y, **options):
+    model = eb.Model.compile(_conv_model(), loss="cross_entropy",
+                             optimizer=eb.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
+    eb.fit(model, (x, y), verbose=False, jit_compile=jit_compile, **options)
+    return model, _train_step(model)
+
+
+def test_the_per_step_xla_program_matches_the_graph_path_with_one_trace(monkeypatch):
+    """Groups of full micro-batches run as one XLA computation each, without a loop or a
+    cond inside it (XLA's CPU convolutions in a loop are 5x slower); the short and the
+    partial last groups run in the graph's branch. One trace, BatchNorm's statistics and
+    the weights of the graph path, identical reruns."""
+    calls = []
+    original = step_lib.TrainStep._full_group_step
+    monkeypatch.setattr(step_lib.TrainStep, "_full_group_step",
+                        lambda self, b: calls.append(original(self, b)) or calls[-1])
+    x, y = _signals(51), classification_data(51)[1]  # 6 batches of 8 and one of 3; k=2
+    options = dict(FULL_OPTIONS, batch_size=8, accumulate_gradients=2)
+    graph, _ = _conv_fit(False, x, y, **options)
+    xla, step = _conv_fit(True, x, y, **options)
+    again, _ = _conv_fit(True, x, y, **options)
+    assert step.step_xla and step.trace_count == 1
+    assert xla.step == graph.step == 12
+    for a, b, c in zip(weights(graph), weights(xla), weights(again)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(b, c)
+    for g, e in zip(graph.history, xla.history):
+        assert e["accuracy"] == g["accuracy"]
+        assert e["loss"] == pytest.approx(g["loss"], rel=1e-5)
+    (concrete,) = calls[0]._list_all_concrete_functions()
+    types = _op_types(concrete)
+    assert "Conv2D" in types
+    assert not types & {"While", "StatelessWhile", "If", "StatelessIf"}

@@ -11,6 +11,8 @@ import tensorflow as tf
 
 import exburn_tf as eb
 
+pytestmark = pytest.mark.auto_xla
+
 FEATURES, CLASSES, N = 4, 3, 50
 
 
@@ -240,7 +242,7 @@ def test_metrics_are_updated_inside_the_traced_step():
     calls = []
     update = model.metrics.update
     model.metrics.update = lambda *args: (calls.append(1), update(*args))[1]
-    model.fit(x, y, epochs=2, verbose=0, batch_size=8, shuffle=False)
+    model.fit(x, y, epochs=2, verbose=0, batch_size=8, shuffle=False, jit_compile=False)
     assert len(calls) == 1  # traced once: 2 epochs x 7 steps ran without calling it again
     assert float(metric.count.numpy()) == N  # reset per epoch, then all 50 samples
     expected = np.mean(np.argmax(model.predict(x), -1) == y)

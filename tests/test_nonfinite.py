@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import exburn_tf as eb
+from exburn_tf import cache as cache_lib
 
 MARKER = 100.0
 BATCH = 4
@@ -158,10 +159,13 @@ def test_fewer_bad_steps_in_a_row_than_the_limit_go_on():
     assert m.history[0]["skipped_steps"] == 4
 
 
-def test_the_whole_call_xla_program_skips_and_stops_as_the_graph_path():
-    """jit_compile=True guards the update with a select instead of a `tf.cond`: a
+@pytest.mark.parametrize("program", ["whole call", "per step"])
+def test_the_xla_programs_skip_and_stop_as_the_graph_path(monkeypatch, program):
+    """The XLA programs guard the update with a select instead of a `tf.cond`: a
     non-finite step still changes no variable (weights, Adam's slots and counter), is
     counted, and max_skipped_steps stops at the same step with the same weights."""
+    from exburn_tf import training
+    monkeypatch.setattr(training, "_has_loop_slow_layers", lambda m: program == "per step")
     arrays = data(8, bad=[2])
     runs = {}
     for jit in (False, True):
@@ -169,6 +173,8 @@ def test_the_whole_call_xla_program_skips_and_stops_as_the_graph_path():
         eb.fit(runs[jit], arrays, epochs=2, batch_size=BATCH, shuffle=False, verbose=False,
                accumulate_gradients=2, jit_compile=jit)
     graph, xla = runs[False], runs[True]
+    (step,) = cache_lib.model_cache(xla, "train_steps").values()
+    assert (step.whole_call_xla, step.step_xla) == (program == "whole call", program == "per step")
     assert [h["skipped_steps"] for h in xla.history] == [1, 1]
     assert int(xla.optimizer.iterations.numpy()) == int(graph.optimizer.iterations.numpy()) == 6
     assert int(xla.state.global_step.numpy()) == 8
