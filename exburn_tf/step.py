@@ -50,6 +50,10 @@ _NO_BUDGET = 2**31 - 1
 # Dynamic loss scaling (mixed_float16): double the scale after this many finite steps.
 LOSS_SCALE_GROWTH_INTERVAL = 2000
 
+# The whole-call XLA program unrolls a group of up to this many micro-batches: with an
+# inner XLA loop carrying the gradient sums, 64 x 4 ran at 0.76 of batch 256 (0.93 unrolled).
+UNROLL_ACCUMULATION = 8
+
 
 class ArrayEpoch:
     """One epoch of array data for the step: the arrays (device tensors), the epoch's
@@ -478,8 +482,10 @@ class TrainStep:
         return tuple(result)
 
     def _accumulate_full(self, batches, offset, empty):
-        """The whole-call XLA program's group: k micro-batches the host has checked are
-        there, so no `tf.cond` per pull (in XLA a cond copies the gradient buffers)."""
+        """An XLA program's group: k micro-batches the host has checked are there, so no
+        `tf.cond` per pull (in XLA a cond copies the gradient buffers). The pulls are
+        unrolled in the per-step program (no loop: see `_full_group_step`) and for groups
+        up to `UNROLL_ACCUMULATION` (an inner XLA loop carrying the gradient sums is slow)."""
         k = self.config.accumulate
 
         def add(carry, i):
@@ -492,7 +498,7 @@ class TrainStep:
         first = add(empty, 0)
         if k == 1:
             return first
-        if self._lean == "step":  # no loop in the per-step program (see _full_group_step)
+        if self._lean == "step" or k <= UNROLL_ACCUMULATION:
             for i in range(1, k):
                 first = add(first, i)
             return first
