@@ -18,6 +18,11 @@ and then, for either:
 
 Only the call's metric vector crosses to the host, once per call.
 
+XLA (`jit_compile`, array data on one device): the same step, traced as one XLA program
+per call (`whole_call_xla`) or per optimizer step called from the graph's loop (`step_xla`,
+for convolutions), over groups of full micro-batches only, so without a `tf.cond`: the
+guard is a select. The group holding the partial last batch runs in the graph.
+
 Distribution: the per-replica part (forward + tape) runs under `strategy.run`; everything
 after the SUM all-reduce runs in the cross-replica context, so the norm clip sees the global
 gradient and the finite check / update can sit inside a `tf.cond` (a cond around a
@@ -469,7 +474,7 @@ class TrainStep:
             return tf.cond(has_value, take,
                            lambda: (got, grad_sums, loss_sum, correct, samples))
 
-        if self._lean:
+        if self.lean:
             return self._accumulate_full(batches, offset, empty)
         if self.config.accumulate == 1:
             return self._pull_one(batches, offset, empty)
@@ -498,7 +503,7 @@ class TrainStep:
         first = add(empty, 0)
         if k == 1:
             return first
-        if self._lean == "step" or k <= UNROLL_ACCUMULATION:
+        if self.lean == "step" or k <= UNROLL_ACCUMULATION:
             for i in range(1, k):
                 first = add(first, i)
             return first
@@ -547,7 +552,7 @@ class TrainStep:
             return tf.constant(0.0)
 
         apply = tf.logical_and(finite, lr_ok)
-        if self._lean:
+        if self.lean:
             skipped = self._selected_update(apply, update)
         else:
             skipped = tf.cond(apply, update, lambda: tf.constant(1.0))
@@ -563,8 +568,8 @@ class TrainStep:
     def _selected_update(self, apply, update):
         """The guarded update without a `tf.cond`, for XLA: the update always runs and
         each variable it may write (the trainable ones and the optimizer's) then keeps
-        its new value only where `apply`; XLA fuses the select into the update, where a
-        cond would copy every buffer. Returns the skipped flag."""
+        its new value only where `apply`. In XLA a cond copies every buffer it carries;
+        the select costs less (docs/performance.md). Returns the skipped flag."""
         guarded, seen = [], set()
         for variable in (*self.model.keras_model.trainable_variables,
                          *self.model.optimizer.variables):
@@ -689,7 +694,7 @@ class TrainStep:
 
             def graph_step():
                 got, *group = self._accumulate(batches, pulled, budget - pulled)
-                if self._lean:  # every group is full: no cond around the step
+                if self.lean:  # every group is full: no cond around the step
                     return (got, *self._step_outputs(got, *group, last_lr, bad))
                 return (got, *tf.cond(
                     got > 0, lambda: self._step_outputs(got, *group, last_lr, bad),
