@@ -30,6 +30,7 @@ gradient and the finite check / update can sit inside a `tf.cond` (a cond around
 """
 
 import dataclasses
+import warnings
 from typing import Any
 
 import keras
@@ -140,6 +141,8 @@ class StepConfig:
         step_xla: with array data on one device, each optimizer step over a full group
             is one XLA computation called from the graph's loop (the form that suits
             convolutions on CPU); a short or partial last group runs in the graph.
+        xla_fallback: an XLA program that XLA cannot compile gives way to the graph path
+            (`jit_compile="auto"`); otherwise it is a ValueError.
         grad_method: "autodiff" (GradientTape) or a finite-difference method of
             `exburn_tf.numerical` (for gradient checking; one device only).
         epsilon: finite-difference step.
@@ -158,6 +161,7 @@ class StepConfig:
     jit_compile: bool = False
     whole_call_xla: bool = False
     step_xla: bool = False
+    xla_fallback: bool = False
     grad_method: str = "autodiff"
     epsilon: float = 1e-5
     max_skipped_in_row: int = 0
@@ -168,6 +172,7 @@ class StepConfig:
         key = (self.pipeline.structure(), schedule_key, self.schedule_unit, self.warmup > 0,
                self.accumulate, self.track_accuracy, self.decoupled_decay > 0,
                self.dynamic_loss_scale, self.jit_compile, self.whole_call_xla, self.step_xla,
+               self.xla_fallback,
                self.grad_method,
                None if self.grad_method == "autodiff" else self.epsilon,
                self.max_skipped_in_row > 0)
@@ -346,6 +351,7 @@ class TrainStep:
         self._xla_functions = {}  # batch size -> the whole-call XLA function
         self.whole_call_xla = bool(config.whole_call_xla)
         self.step_xla = bool(config.step_xla)
+        self._xla_ran = False  # an XLA program has run: no falling back after that
         self._step_xla_functions = {}  # batch size -> the graph loop over per-step XLA
         # While tracing an XLA program: "call" (the whole call) or "step" (one step).
         self.lean = None
@@ -382,12 +388,41 @@ class TrainStep:
         budget = _NO_BUDGET if micro_batches is None else micro_batches
         # Host sync point: one read-back per call, never per step.
         if isinstance(source, ArrayEpoch):
-            if self.whole_call_xla:
-                return self._xla_array_call(source, num_steps, budget, start)
-            if self.step_xla:
-                return self._step_xla_array_call(source, num_steps, budget, start)
+            if self.whole_call_xla or self.step_xla:
+                try:
+                    out = self._xla_program_call(source, num_steps, budget, start)
+                    self._xla_ran = True
+                    return out
+                except tf.errors.OpError as error:
+                    if not self._falls_back(error):
+                        raise
             return self._graph_array_call(source, num_steps, budget, start)
         return self._function(source, *_int32(num_steps, budget)).numpy()
+
+    def _xla_program_call(self, source, num_steps, budget, start):
+        if self.whole_call_xla:
+            return self._xla_array_call(source, num_steps, budget, start)
+        return self._step_xla_array_call(source, num_steps, budget, start)
+
+    def _falls_back(self, error):
+        """Whether a failed XLA program gives way to the graph path (no XLA from then on).
+
+        XLA cannot compile every op (`tf.numpy_function`, string ops, ...). A compile
+        error happens before anything runs, so under `jit_compile="auto"` the first call
+        falls back; with `jit_compile=True` it is a `ValueError` naming the option.
+        """
+        message = str(getattr(error, "message", error))
+        if self._xla_ran or "xla" not in message.lower():
+            return False
+        if not self.config.xla_fallback:
+            raise ValueError(f"jit_compile=True: XLA cannot compile this model's training "
+                             f"step ({message.splitlines()[0][:300]}); use "
+                             f"jit_compile=\"auto\" or False") from None
+        self.whole_call_xla = self.step_xla = False
+        warnings.warn(f"jit_compile=\"auto\": XLA cannot compile this model's training step "
+                      f"({message.splitlines()[0][:200]}); it trains on the graph path",
+                      RuntimeWarning, stacklevel=3)
+        return True
 
     def _graph_array_call(self, source, num_steps, budget, start):
         return self._array_function(source.arrays, source.order, *_int32(

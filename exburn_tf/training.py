@@ -543,6 +543,7 @@ def _step_config(model, opts, schedule, in_graph_arrays=False):
         # XLA for the forward/backward part only where no XLA program runs the step.
         jit_compile=opts.jit_compile is True and not (whole_call_xla or step_xla),
         whole_call_xla=whole_call_xla, step_xla=step_xla,
+        xla_fallback=opts.jit_compile == "auto",
         grad_method=opts.grad_method, epsilon=opts.epsilon,
         max_skipped_in_row=opts.max_skipped_steps if opts.terminate_on_nan else 0,
         dynamic_loss_scale=opts.mixed_precision == "mixed_float16")

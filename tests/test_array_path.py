@@ -301,3 +301,41 @@ def test_the_per_step_xla_program_matches_the_graph_path_with_one_trace(monkeypa
     types = _op_types(concrete)
     assert "Conv2D" in types
     assert not types & {"While", "StatelessWhile", "If", "StatelessIf"}
+
+
+class _NumpyIdentity(keras.layers.Layer):
+    """A layer XLA cannot compile (`tf.numpy_function`)."""
+
+    def call(self, x):
+        y = tf.numpy_function(lambda a: a, [x], tf.float32)
+        y.set_shape(x.shape)
+        return y
+
+
+def _numpy_layer_model():
+    keras_model = keras.Sequential([keras.Input((3,)), _NumpyIdentity(), keras.layers.Dense(4)])
+    keras_model.set_weights(compiled().keras_model.get_weights())
+    return eb.Model.compile(keras_model, loss="cross_entropy", optimizer="sgd")
+
+
+@pytest.mark.auto_xla
+def test_a_model_xla_cannot_compile_trains_on_the_graph_path_under_auto():
+    """jit_compile="auto" falls back to the graph path when XLA refuses the model (the
+    compile fails before anything runs); jit_compile=True is a ValueError naming it."""
+    x, y = classification_data(20)
+    options = dict(epochs=2, batch_size=8, shuffle=False, verbose=False)
+    auto = _numpy_layer_model()
+    with pytest.warns(RuntimeWarning, match="XLA cannot compile"):
+        eb.fit(auto, (x, y), **options)
+    graph = _numpy_layer_model()
+    eb.fit(graph, (x, y), jit_compile=False, **options)
+    assert auto.step == graph.step == 6
+    for a, b in zip(weights(auto), weights(graph)):
+        np.testing.assert_array_equal(a, b)
+    forced = _numpy_layer_model()
+    before = weights(forced)
+    with pytest.raises(ValueError, match="jit_compile=True: XLA cannot compile"):
+        eb.fit(forced, (x, y), jit_compile=True, **options)
+    assert forced.step == 0
+    for a, b in zip(weights(forced), before):
+        np.testing.assert_array_equal(a, b)
