@@ -323,7 +323,7 @@ class TrainData:
         self.validation_arrays = None
         self._device_arrays = None
         # The device the step runs on (one device: `array_epoch`).
-        self._device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
+        self._device = f"/{compute_device_type().lower()}:0"
         if isinstance(data, tf.data.Dataset):
             self._init_dataset(data, sample_weight, class_weight, validation_split)
         else:
@@ -470,6 +470,11 @@ class TrainData:
         predictions = checked_forward(model, x, "data")
         check_labels(model, y if self.arrays is None else self.arrays[1], predictions, "data")
         checked_loss(model, y, predictions, "data", weighted=bool(weights))
+
+
+def compute_device_type():
+    """"GPU" when TensorFlow sees a GPU (the step runs on the first), else "CPU"."""
+    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
 
 
 def epoch_order(n, seed, epoch, shuffle):

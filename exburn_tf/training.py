@@ -498,12 +498,8 @@ _LOOP_SLOW_LAYERS = tuple(getattr(keras.layers, name) for name in (
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D") if hasattr(keras.layers, name))
 
 
-def _layers(keras_model):
-    return list(keras_model._flatten_layers(include_self=True, recursive=True))
-
-
-def _has_loop_slow_layers(keras_model):
-    return any(isinstance(layer, _LOOP_SLOW_LAYERS) for layer in _layers(keras_model))
+def _has_loop_slow_layers(layers):
+    return any(isinstance(layer, _LOOP_SLOW_LAYERS) for layer in layers)
 
 
 def _xla_programs(jit_compile, keras_model, in_graph_arrays):
@@ -512,17 +508,15 @@ def _xla_programs(jit_compile, keras_model, in_graph_arrays):
     `True` (or "auto" where `AUTO_XLA` says so): the whole call as one XLA computation,
     or, for a model with convolutions, one XLA computation per optimizer step.
     """
-    if not in_graph_arrays:
+    if not in_graph_arrays or not jit_compile:
         return False, False
-    if jit_compile == "auto":
-        device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-        # As Keras' own "auto": no XLA for a model with a layer that says it cannot.
-        if not AUTO_XLA[device] or not all(getattr(layer, "supports_jit", True)
-                                           for layer in _layers(keras_model)):
-            return False, False
-    elif not jit_compile:
+    layers = list(keras_model._flatten_layers(include_self=True, recursive=True))
+    # As Keras' own "auto": no XLA for a model with a layer that says it cannot.
+    if jit_compile == "auto" and not (
+            AUTO_XLA[data_lib.compute_device_type()]
+            and all(getattr(layer, "supports_jit", True) for layer in layers)):
         return False, False
-    if _has_loop_slow_layers(keras_model):
+    if _has_loop_slow_layers(layers):
         return False, True
     return True, False
 

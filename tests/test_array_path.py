@@ -132,6 +132,17 @@ def _xla_fit(data, **options):
     return model, _train_step(model)
 
 
+def _assert_xla_run_matches(graph, xla, again):
+    """An XLA run has the graph run's weights and history to float rounding, and its
+    rerun (`again`) the same weights bit for bit."""
+    for a, b, c in zip(weights(graph), weights(xla), weights(again)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(b, c)
+    for g, e in zip(graph.history, xla.history):
+        assert e["accuracy"] == g["accuracy"]
+        assert e["loss"] == pytest.approx(g["loss"], rel=1e-5)
+
+
 def test_whole_call_xla_matches_the_graph_path_and_reruns_bit_identical():
     """Full batches run in one XLA computation per call, the group holding the partial
     last batch in the graph function: 2 traces (one per static shape), the same counts,
@@ -143,12 +154,7 @@ def test_whole_call_xla_matches_the_graph_path_and_reruns_bit_identical():
     assert step.whole_call_xla and len(step._xla_functions) == 1
     assert step.trace_count == 2
     assert xla.step == graph.step == 12
-    for a, b, c in zip(weights(graph), weights(xla), weights(again)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(b, c)
-    for g, e in zip(graph.history, xla.history):
-        assert e["accuracy"] == g["accuracy"]
-        assert e["loss"] == pytest.approx(g["loss"], rel=1e-5)
+    _assert_xla_run_matches(graph, xla, again)
 
 
 def test_whole_call_xla_without_a_partial_batch_is_one_trace():
@@ -291,12 +297,7 @@ def test_the_per_step_xla_program_matches_the_graph_path_with_one_trace(monkeypa
     again, _ = _conv_fit(True, x, y, **options)
     assert step.step_xla and step.trace_count == 1
     assert xla.step == graph.step == 12
-    for a, b, c in zip(weights(graph), weights(xla), weights(again)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(b, c)
-    for g, e in zip(graph.history, xla.history):
-        assert e["accuracy"] == g["accuracy"]
-        assert e["loss"] == pytest.approx(g["loss"], rel=1e-5)
+    _assert_xla_run_matches(graph, xla, again)
     (concrete,) = calls[0]._list_all_concrete_functions()
     types = _op_types(concrete)
     assert "Conv2D" in types
