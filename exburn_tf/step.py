@@ -20,8 +20,10 @@ Only the call's metric vector crosses to the host, once per call.
 
 XLA (`jit_compile`, array data on one device): the same step, traced as one XLA program
 per call (`whole_call_xla`) or per optimizer step called from the graph's loop (`step_xla`,
-for convolutions), over groups of full micro-batches only, so without a `tf.cond`: the
-guard is a select. The group holding the partial last batch runs in the graph.
+for convolutions), over groups of full micro-batches only, so without a `tf.cond`. The
+guard: the whole call's loop leaves before a step that must not be applied, which alone
+takes a select-guarded update; the per-step program selects. The group holding the partial
+last batch runs in the graph.
 
 Distribution: the per-replica part (forward + tape) runs under `strategy.run`; everything
 after the SUM all-reduce runs in the cross-replica context, so the norm clip sees the global
@@ -445,33 +447,71 @@ class TrainStep:
         statistics such as BatchNorm's. Knowing every group is full lets the XLA program
         drop the step's `tf.cond`s, which in XLA copy every buffer they carry."""
         size, b, k = int(source.order.shape[0]), source.batch_size, self.config.accumulate
-        full_groups = max(min(budget, size // b - start), 0) // k
-        n = min(steps, full_groups)
+        function = self._xla_functions.get(b)
+        if function is None:
+            function = self._xla_functions[b] = tf.function(
+                lambda arrays, order, first, count: self._run_full_steps(
+                    _ArrayBatches(arrays, order, b, first, full_only=True), count),
+                jit_compile=True)
         out = None
-        if n > 0:
-            function = self._xla_functions.get(b)
-            if function is None:
-                function = self._xla_functions[b] = tf.function(
-                    lambda arrays, order, first, count, limit: self._run_full_steps(
-                        _ArrayBatches(arrays, order, b, first, full_only=True), count, limit),
-                    jit_compile=True)
-            out = function(source.arrays, source.order, *_int32(start, n, budget)).numpy()
-            if (n == steps or out[REFUSED_STEP]
-                    or out[MAX_SKIPPED_IN_ROW] >= self._skip_limit()):
+        while steps > 0:
+            n = min(steps, max(min(budget, size // b - start), 0) // k)
+            if n <= 0:
+                break
+            part = function(source.arrays, source.order, *_int32(start, n)).numpy()
+            out = part if out is None else combine_calls(out, part)
+            if part[REFUSED_STEP] or part[MAX_SKIPPED_IN_ROW] >= self._skip_limit():
                 return out
-            pulled = int(out[MICRO_BATCHES])
-            start, budget, steps = start + pulled, budget - pulled, steps - int(out[STEPS])
-            if min(budget, -(-size // b) - start) <= 0:
-                out[DONE] = 1.0  # the data is used up, as the graph call would report
-                return out
+            pulled = int(part[MICRO_BATCHES])
+            start, budget, steps = start + pulled, budget - pulled, steps - int(part[STEPS])
+        if out is not None and (steps == 0 or min(budget, -(-size // b) - start) <= 0):
+            out[DONE] = float(steps > 0)  # the data is used up, as the graph would report
+            return out
         tail = self._graph_array_call(source, steps, budget, start)
         return tail if out is None else combine_calls(out, tail)
 
-    def _run_full_steps(self, batches, num_steps, budget):
-        """`_run_steps` for the whole-call XLA program (see `_xla_array_call`)."""
+    def _run_full_steps(self, batches, num_steps):
+        """The whole-call XLA program: `num_steps` (>= 1) steps over full groups, as a
+        rotated loop. Each iteration applies the step prepared by the one before (known
+        finite, with a good rate, so without a guard) and prepares the next; the loop
+        exits at the last step or at one that must not be applied, and only that step
+        takes the guarded update (`_selected_update`). A guard on every step cost about
+        15% at batch 32 (docs/performance.md). The host calls again after a skipped step
+        (`_xla_array_call`); a refused one, or `max_skipped_in_row`, stops the call."""
+        self.trace_count += 1  # Python side effect: runs only while tracing.
         self.lean = "call"
         try:
-            return self._run_steps(batches, num_steps, budget)
+            k = self.config.accumulate
+            state = self.model.state
+
+            def prepare(j):
+                got, grad_sums, loss_sum, counts, samples = self._accumulate(
+                    batches, j * k, None)
+                prepared = self._prepare(grad_sums, loss_sum, samples,
+                                         labels_ok=tf.equal(counts[1], 0.0))
+                return prepared, (got, loss_sum, counts, samples)
+
+            def commit(prepared, group, guard, sums, last_lr, bad):
+                committed = self._commit(*prepared, guard=guard)
+                step_sums, last_lr, bad = self._step_record(
+                    *group, committed, last_lr, bad)
+                return sums + step_sums, last_lr, bad
+
+            def go_on(j, prepared, group, sums, last_lr, bad):
+                _, _, finite, _, lr_ok = prepared
+                return tf.logical_and(j + 1 < num_steps, tf.logical_and(finite, lr_ok))
+
+            def body(j, prepared, group, sums, last_lr, bad):
+                sums, last_lr, bad = commit(prepared, group, None, sums, last_lr, bad)
+                return (j + 1, *prepare(j + 1), sums, last_lr, bad)
+
+            _, prepared, group, sums, last_lr, bad = tf.while_loop(
+                go_on, body,
+                (tf.constant(0), *prepare(0), tf.zeros([NUM_SUMS]), tf.constant(0.0),
+                 tf.zeros([3])))
+            sums, last_lr, bad = commit(prepared, group, "select", sums, last_lr, bad)
+            max_in_row = tf.cast(state.skipped_in_row, tf.float32)
+            return tf.concat([sums, [last_lr, 0.0, max_in_row], bad], axis=0)
         finally:
             self.lean = None
 
@@ -565,6 +605,12 @@ class TrainStep:
         labels, is refused (`ok` False): it changes nothing at all, counters included;
         the caller stops and the host raises.
         """
+        prepared = self._prepare(grad_sums, loss_sum, samples, labels_ok)
+        return self._commit(*prepared, guard="select" if self.lean else "cond")
+
+    def _prepare(self, grad_sums, loss_sum, samples, labels_ok=True):
+        """The step up to its update: (grads after the pipeline, grad_norm, finite, lr,
+        lr_ok). Writes nothing but the rate bookkeeping of `_learning_rate`."""
         state = self.model.state
         variables = self.model.keras_model.trainable_variables
         grads = [g / samples for g in grad_sums]
@@ -574,6 +620,14 @@ class TrainStep:
         finite = gradients_lib.all_finite(loss_sum, grad_norm)
         lr = self._learning_rate()
         lr_ok = tf.logical_and(tf.logical_and(tf.math.is_finite(lr), lr >= 0.0), labels_ok)
+        return grads, grad_norm, finite, lr, lr_ok
+
+    def _commit(self, grads, grad_norm, finite, lr, lr_ok, guard):
+        """The update of a prepared step and the counters; returns (grad_norm, skipped,
+        lr, ok). `guard`: "cond", "select" (XLA, see `_selected_update`) or None, for
+        a step the caller knows is finite with a good rate (the rotated XLA loop)."""
+        state = self.model.state
+        variables = self.model.keras_model.trainable_variables
         # The optimizer shows the rate it applies, so Keras callbacks read the real one.
         shown = tf.where(lr_ok, lr, state.shown_lr)
         self.model.optimizer.learning_rate.assign(shown)
@@ -587,10 +641,12 @@ class TrainStep:
             return tf.constant(0.0)
 
         apply = tf.logical_and(finite, lr_ok)
-        if self.lean:
+        if guard == "select":
             skipped = self._selected_update(apply, update)
-        else:
+        elif guard == "cond":
             skipped = tf.cond(apply, update, lambda: tf.constant(1.0))
+        else:
+            skipped = update()
         counted = tf.cast(lr_ok, tf.int64)
         state.skipped_in_row.assign(tf.where(
             finite, tf.zeros_like(state.skipped_in_row), state.skipped_in_row + counted))
@@ -682,13 +738,17 @@ class TrainStep:
 
     def _step_outputs(self, got, grad_sums, loss_sum, counts, samples, last_lr, bad):
         """(metric sums, rate, refusal record) of one optimizer step over its group."""
-        state = self.model.state
-        bad_labels = counts[1]
-        grad_norm, skipped, lr, ok = self._apply(grad_sums, loss_sum, samples,
-                                                 labels_ok=tf.equal(bad_labels, 0.0))
+        committed = self._apply(grad_sums, loss_sum, samples,
+                                labels_ok=tf.equal(counts[1], 0.0))
+        return self._step_record(got, loss_sum, counts, samples, committed, last_lr, bad)
+
+    def _step_record(self, got, loss_sum, counts, samples, committed, last_lr, bad):
+        """`_step_outputs` of a committed step: (grad_norm, skipped, lr, ok)."""
+        grad_norm, skipped, lr, ok = committed
         sums = tf.stack([loss_sum, counts[0], samples, grad_norm, 1.0, skipped,
                          tf.cast(got, tf.float32)])
-        refused = tf.stack([lr, tf.cast(state.global_step + 1, tf.float32), bad_labels])
+        step = tf.cast(self.model.state.global_step + 1, tf.float32)
+        refused = tf.stack([lr, step, counts[1]])
         return (tf.where(ok, sums, tf.zeros([NUM_SUMS])),
                 tf.where(ok, lr, last_lr), tf.where(ok, bad, refused))
 

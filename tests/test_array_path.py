@@ -199,7 +199,7 @@ def test_whole_call_xla_program_has_no_cond_and_leaves_a_short_group_to_the_grap
     source = calls[0]
     (function,) = step._xla_functions.values()
     concrete = function.get_concrete_function(source.arrays, source.order,
-                                              *step_lib._int32(0, 1, 1))
+                                              *step_lib._int32(0, 1))
     counts = _op_counts(concrete)
     # One loop, over the steps: a group of 3 is unrolled (an inner loop carrying the
     # gradient sums ran accumulation at 0.76 of the big batch), and no cond.

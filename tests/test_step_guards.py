@@ -30,8 +30,9 @@ def _unsampled_position(horizon):
     return next(p for p in range(3, horizon) if p not in sampled)
 
 
+@pytest.mark.parametrize("jit_compile", ["auto", True], ids=["graph", "xla"])
 @pytest.mark.parametrize("bad", [float("nan"), -0.1])
-def test_a_bad_rate_at_an_unsampled_step_is_never_applied(bad):
+def test_a_bad_rate_at_an_unsampled_step_is_never_applied(bad, jit_compile):
     x, y = classification_data(64)
     epochs = 40  # 64 steps an epoch at batch 1: 2,560 positions, 1,000 sampled
     at = _unsampled_position(64 * epochs)
@@ -43,7 +44,7 @@ def test_a_bad_rate_at_an_unsampled_step_is_never_applied(bad):
     with pytest.raises(ValueError, match=rf"optimizer step {at + 1} would apply the rate"):
         eb.fit(model, (x, y), epochs=epochs, batch_size=1, shuffle=False, verbose=False,
                lr_schedule=ScalarOnly(at, bad), lr_schedule_unit="step",
-               steps_per_execution=7)
+               steps_per_execution=7, jit_compile=jit_compile)
     assert model.step == at
     for a, b in zip(weights(model), weights(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
