@@ -13,6 +13,12 @@ tf.config.set_logical_device_configuration(
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """The `slow` end-to-end tests first (stable order otherwise): the parallel workers
+    take them up at the start instead of one worker finishing them alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _graph_path_unless_marked(request, monkeypatch):
     """`jit_compile="auto"` runs an XLA program on CPU, and XLA compiles for a second or

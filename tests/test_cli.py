@@ -46,6 +46,7 @@ def test_unknown_example_exits_2_and_lists_the_valid_ones(tmp_path):
     assert "valid examples: " + ", ".join(examples.NAMES) in done.stderr
 
 
+@pytest.mark.slow
 def test_train_end_to_end_with_export(tmp_path):
     export_dir = tmp_path / "exported"
     done = _run("train", "regression_mse", "--quick", "--epochs", "1", "--export",

@@ -192,6 +192,7 @@ def test_a_generator_dataset_cannot_hold_a_step_position(tmp_path):
 # -- preemption and exact resume --------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["arrays", "tf.data"])
 def test_preempted_again_and_again_then_resumed_is_bit_identical(tmp_path, source):
     data = _arrays if source == "arrays" else _tf_data
@@ -225,6 +226,7 @@ def test_sigterm_in_the_last_call_of_an_epoch_stops_after_its_end(tmp_path):
     assert [h["val_loss"] for h in model.history] == [h["val_loss"] for h in reference.history]
 
 
+@pytest.mark.slow
 def test_without_a_checkpoint_dir_sigterm_is_left_alone():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or True
     seen = []
