@@ -32,7 +32,7 @@ def _run(script, *args, timeout=600):
 
 
 @pytest.mark.parametrize("script", ["bench_peers.py", "peer_worker.py", "gpu_transformer.py",
-                                    "run_all.py"])
+                                    "run_all.py", "diagnose_cnn.py"])
 def test_help(script):
     result = _run(script, "--help", timeout=60)
     assert result.returncode == 0, result.stderr
@@ -51,6 +51,18 @@ def test_unknown_contender_is_an_error_naming_it():
     result = _run("bench_peers.py", "--contenders", "eb,pytorch", timeout=60)
     assert result.returncode == 2
     assert "Received: ['pytorch']" in result.stderr
+
+
+def test_diagnose_cnn_times_the_tensorflow_forms():
+    """The CNN limit diagnostic runs each form in its own process and tables a figure for
+    every form that can run here (JAX only where installed)."""
+    forms = "tf_xla_from_graph,tf_graph" + (",jax" if HAS_JAX else "")
+    result = _run("diagnose_cnn.py", "--quick", "--steps", "5", "--forms", forms)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for form in forms.split(","):
+        (row,) = [line for line in result.stdout.splitlines() if line.startswith(f"| {form} |")]
+        assert float(row.split("|")[2]) > 0.0
+    assert ("jax / tf_xla_from_graph" in result.stdout) == HAS_JAX
 
 
 def test_peak_table_matches_gpu_names():
