@@ -441,9 +441,10 @@ class TrainStep:
                         *_int32(start, num_steps, budget)).numpy()
 
     def _xla_array_call(self, source, steps, budget, start):
-        """The call as one XLA computation over groups of k full micro-batches; what is
-        left (the group holding the partial last batch, a short last group) runs after
-        it in the graph function. XLA needs static shapes, and padding would change batch
+        """The call as the whole-call XLA program over groups of k full micro-batches
+        (called again after a skipped step, see `_run_full_steps`); what is left (the
+        group holding the partial last batch, a short last group) runs after it in the
+        graph function. XLA needs static shapes, and padding would change batch
         statistics such as BatchNorm's. Knowing every group is full lets the XLA program
         drop the step's `tf.cond`s, which in XLA copy every buffer they carry."""
         size, b, k = int(source.order.shape[0]), source.batch_size, self.config.accumulate
@@ -485,8 +486,8 @@ class TrainStep:
             state = self.model.state
 
             def prepare(j):
-                got, grad_sums, loss_sum, counts, samples = self._accumulate(
-                    batches, j * k, None)
+                got, grad_sums, loss_sum, counts, samples = self._accumulate_full(
+                    batches, j * k)
                 prepared = self._prepare(grad_sums, loss_sum, samples,
                                          labels_ok=tf.equal(counts[1], 0.0))
                 return prepared, (got, loss_sum, counts, samples)
@@ -528,54 +529,56 @@ class TrainStep:
         per_replica = self.strategy.run(self._forward_backward.fn, args=args)
         return sum_over_replicas(self.strategy, per_replica)
 
+    def _empty_group(self):
+        """(count, grad sums, loss sum, counts, samples) of no micro-batch."""
+        variables = self.model.keras_model.trainable_variables
+        zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
+        return (tf.constant(0), zeros, tf.constant(0.0), tf.zeros([2]), tf.constant(0.0))
+
+    def _add_micro_batch(self, group, value):
+        """`group` (as `_empty_group`) with the micro-batch `value()` added."""
+        got, grad_sums, loss_sum, counts, samples = group
+        grads, objective, batch_counts, batch_samples = self._replicated(*value())
+        return (got + 1, [a + b for a, b in zip(grad_sums, grads)],
+                loss_sum + objective, counts + batch_counts, samples + batch_samples)
+
     def _accumulate(self, batches, offset, budget):
         """Pulls up to min(k, budget) micro-batches, the first being the call's
         `offset`-th.
 
         Returns (count, grad sums, loss sum, counts, samples).
         """
-        variables = self.model.keras_model.trainable_variables
-        zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
-        empty = (tf.constant(0), zeros, tf.constant(0.0), tf.zeros([2]), tf.constant(0.0))
-
-        def pull(i, got, grad_sums, loss_sum, correct, samples):
-            has_value, value = batches.next(offset + i)
-
-            def take():
-                grads, objective, batch_correct, batch_samples = self._replicated(*value())
-                return (got + 1, [a + b for a, b in zip(grad_sums, grads)],
-                        loss_sum + objective, correct + batch_correct, samples + batch_samples)
-
-            return tf.cond(has_value, take,
-                           lambda: (got, grad_sums, loss_sum, correct, samples))
-
-        if self.lean:
-            return self._accumulate_full(batches, offset, empty)
+        empty = self._empty_group()
         if self.config.accumulate == 1:
             return self._pull_one(batches, offset, empty)
+
+        def pull(i, group):
+            has_value, value = batches.next(offset + i)
+            return tf.cond(has_value, lambda: self._add_micro_batch(group, value),
+                           lambda: group)
+
         limit = tf.minimum(self.config.accumulate, budget)
         # A group ends after k micro-batches, at the budget, or when the data runs dry.
         _, *result = tf.while_loop(
             lambda i, got, *_: tf.logical_and(i < limit, tf.equal(got, i)),
-            lambda i, *carry: (i + 1, *pull(i, *carry)),
+            lambda i, *group: (i + 1, *pull(i, group)),
             (tf.constant(0), *empty))
         return tuple(result)
 
-    def _accumulate_full(self, batches, offset, empty):
+    def _accumulate_full(self, batches, offset):
         """An XLA program's group: k micro-batches the host has checked are there, so no
         `tf.cond` per pull (in XLA a cond copies the gradient buffers). The pulls are
         unrolled in the per-step program (no loop: see `_full_group_step`) and for groups
-        up to `UNROLL_ACCUMULATION` (an inner XLA loop carrying the gradient sums is slow)."""
+        up to `UNROLL_ACCUMULATION` (an inner XLA loop carrying the gradient sums is slow).
+
+        Returns (count, grad sums, loss sum, counts, samples), as `_accumulate`.
+        """
         k = self.config.accumulate
 
-        def add(carry, i):
-            got, grad_sums, loss_sum, correct, samples = carry
-            _, value = batches.next(offset + i)
-            grads, objective, batch_correct, batch_samples = self._replicated(*value())
-            return (got + 1, [a + b for a, b in zip(grad_sums, grads)],
-                    loss_sum + objective, correct + batch_correct, samples + batch_samples)
+        def add(group, i):
+            return self._add_micro_batch(group, batches.next(offset + i)[1])
 
-        first = add(empty, 0)
+        first = add(self._empty_group(), 0)
         if k == 1:
             return first
         if self.lean == "step" or k <= UNROLL_ACCUMULATION:
@@ -583,7 +586,7 @@ class TrainStep:
                 first = add(first, i)
             return first
         _, *result = tf.while_loop(lambda i, *_: i < k,
-                                   lambda i, *carry: (i + 1, *add(carry, i)),
+                                   lambda i, *group: (i + 1, *add(group, i)),
                                    (tf.constant(1), *first))
         return tuple(result)
 
@@ -760,7 +763,7 @@ class TrainStep:
             self.lean = "step"
             try:
                 batches = _ArrayBatches(arrays, order, batch_size, first, full_only=True)
-                got, *group = self._accumulate(batches, 0, None)
+                got, *group = self._accumulate_full(batches, 0)
                 return (got, *self._step_outputs(got, *group, last_lr, bad))
             finally:
                 self.lean = None
@@ -789,8 +792,6 @@ class TrainStep:
 
             def graph_step():
                 got, *group = self._accumulate(batches, pulled, budget - pulled)
-                if self.lean:  # every group is full: no cond around the step
-                    return (got, *self._step_outputs(got, *group, last_lr, bad))
                 return (got, *tf.cond(
                     got > 0, lambda: self._step_outputs(got, *group, last_lr, bad),
                     lambda: (tf.zeros([NUM_SUMS]), last_lr, bad)))
