@@ -26,11 +26,10 @@ strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
 
 import exburn_tf as eb  # noqa: E402
-from exburn_tf import training  # noqa: E402
+from worker_model import (  # noqa: E402
+    compiled_model, data, graph_path_as_in_the_suite)
 
-# The suite's tiny fits take the graph path, as in conftest.py (XLA compiles per model).
-training.AUTO_XLA["CPU"] = False
-from worker_model import compiled_model, data  # noqa: E402
+graph_path_as_in_the_suite()
 
 
 class Log:

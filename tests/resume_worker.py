@@ -27,10 +27,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import exburn_tf as eb  # noqa: E402
-from exburn_tf import training  # noqa: E402
+from worker_model import graph_path_as_in_the_suite  # noqa: E402
 
-# The suite's tiny fits take the graph path, as in conftest.py (XLA compiles per model).
-training.AUTO_XLA["CPU"] = False
+graph_path_as_in_the_suite()
 
 EPOCHS = 6
 SEED = 1234

@@ -4,6 +4,13 @@ import keras
 import numpy as np
 
 import exburn_tf as eb
+from exburn_tf import training
+
+
+def graph_path_as_in_the_suite():
+    """A worker process's tiny fits take the graph path, as conftest.py has the suite's
+    (XLA compiles for a second or more per new model)."""
+    training.AUTO_XLA["CPU"] = False
 
 
 def data(num_samples):
