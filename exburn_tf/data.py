@@ -11,6 +11,7 @@ strategy, `steps_per_epoch`, arrays too large for an accelerator) the batches co
 `tf.data` (`TrainData.epochs`), host memory, copied to the device as the step consumes them.
 """
 import math
+import mmap
 import numbers
 
 import numpy as np
@@ -493,13 +494,50 @@ DEVICE_ARRAYS_MAX_BYTES = 2 * 1024**3
 
 
 def _on_device(arrays, device):
-    """`arrays` as tensors on `device`, or None when an accelerator's share is exceeded
-    (on the CPU the arrays are in that memory already, and `identity` copies nothing)."""
-    if device != "/cpu:0" and \
-            sum(np.asarray(a).nbytes for a in tf.nest.flatten(arrays)) > DEVICE_ARRAYS_MAX_BYTES:
+    """`arrays` as tensors on `device`, or None when an accelerator's share is exceeded.
+
+    On the CPU a numpy array becomes a tensor over a private copy (`host_tensor`); a
+    tensor already there is kept (`identity` copies nothing)."""
+    if device == "/cpu:0":
+        with tf.device(device):
+            return tf.nest.map_structure(
+                lambda a: host_tensor(a) if isinstance(a, np.ndarray) else tf.identity(a),
+                arrays)
+    if sum(np.asarray(a).nbytes for a in tf.nest.flatten(arrays)) > DEVICE_ARRAYS_MAX_BYTES:
         return None
     with tf.device(device):
         return tf.nest.map_structure(lambda a: tf.identity(tf.convert_to_tensor(a)), arrays)
+
+
+# TensorFlow uses host memory in place only at this alignment (Eigen's); over less
+# aligned memory some CPU kernels abort the process.
+_HOST_ALIGNMENT = 64
+
+
+def host_tensor(array):
+    """A CPU tensor over a private copy of the numpy `array`, made in one pass.
+
+    The copy keeps the run's data fixed whatever the caller does to `array` later.
+    `tf.convert_to_tensor` copies twice, the second time into fresh pages from
+    TensorFlow's allocator, and a numpy buffer of that size asks for huge pages: on
+    this machine either stalled one `fit` call in five to ten for 100-480 ms before its
+    first step (MLP data, 51 MB; docs/performance.md). Pages mapped and populated in
+    one call (`MAP_POPULATE`, Linux) took 21-35 ms in 80 calls out of 80; the tensor
+    takes the copy over through DLPack, without copying again."""
+    copy = _aligned_empty(array.nbytes).view(array.dtype).reshape(array.shape)
+    np.copyto(copy, array)
+    return tf.experimental.dlpack.from_dlpack(copy.__dlpack__())
+
+
+def _aligned_empty(nbytes):
+    """A writable uint8 buffer of `nbytes`, aligned to at least `_HOST_ALIGNMENT`."""
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if populate is not None and nbytes > 0:
+        pages = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+        return np.frombuffer(pages, np.uint8)  # page-aligned; unmapped with the array
+    buffer = np.empty(nbytes + _HOST_ALIGNMENT, np.uint8)
+    offset = -buffer.ctypes.data % _HOST_ALIGNMENT
+    return buffer[offset:offset + nbytes]
 
 
 def _with_class_weights(dataset, class_weight):

@@ -91,6 +91,36 @@ def test_array_epoch_orders_are_the_tf_data_orders():
     np.testing.assert_array_equal(first, train.array_epoch(1).order.numpy())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "uint8", "bool"])
+def test_host_tensor_is_a_private_copy_the_kernels_can_read(dtype):
+    array = (np.arange(60).reshape(12, 5) % 7).astype(dtype)
+    expected = array.copy()
+    tensor = data_lib.host_tensor(array)
+    array[...] = array[::-1]  # the caller's later edits do not reach the run
+    assert tensor.dtype == tf.as_dtype(dtype) and tensor.shape == (12, 5)
+    np.testing.assert_array_equal(tensor.numpy(), expected)
+    # Slicing and gathering abort the process on host memory TensorFlow finds misaligned.
+    np.testing.assert_array_equal(tensor[3:9:2].numpy(), expected[3:9:2])
+    np.testing.assert_array_equal(tf.gather(tensor, [11, 0, 4]).numpy(), expected[[11, 0, 4]])
+    np.testing.assert_array_equal(data_lib.host_tensor(array[:, ::2]).numpy(), array[:, ::2])
+
+
+def test_editing_the_arrays_during_fit_does_not_change_the_run():
+    x, y = classification_data(40)
+    options = dict(epochs=3, batch_size=8, shuffle=True, seed=5)
+    untouched = _run((x.copy(), y.copy()), **options)
+    edited_x, edited_y = x.copy(), y.copy()
+
+    def edit(epoch, logs):
+        edited_x[...] = 0.0
+        edited_y[...] = 1
+
+    edited = _run((edited_x, edited_y),
+                  callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=edit)], **options)
+    for a, b in zip(weights(untouched), weights(edited)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_in_graph_arrays_with_dict_inputs_and_labels_match_tf_data(monkeypatch):
     rng = np.random.RandomState(3)
     xa, xb = rng.randn(37, 2).astype("float32"), rng.randn(37, 3).astype("float32")
