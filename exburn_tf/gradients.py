@@ -321,21 +321,36 @@ class GradientPipeline:
         twin._build_stages()
         return twin
 
-    def __call__(self, grads, params):
+    def __call__(self, grads, params, grad_norm=None):
         """Run the chain on averaged gradients.
 
         Args:
             grads: list of tensors (`None` allowed), in the order of `params`.
             params: list of trainable variables.
+            grad_norm: the chain's norm of these gradients if already known (`norm`);
+                default `None` measures it.
 
         Returns:
             `(grads, grad_norm)`: the processed gradients and the float32 global norm after
             decay, before clipping.
         """
-        grads, grad_norm = list(grads), None
-        for _, stage in self.stages:
+        grads, known = list(grads), grad_norm
+        for name, stage in self.stages:
+            if name == "global_norm" and known is not None:
+                continue
             grads, grad_norm = stage(grads, params, grad_norm)
         return grads, grad_norm
+
+    def norm(self, grads, params):
+        """The global norm the chain measures (after decay, before clipping), alone.
+
+        Under XLA the decayed gradients it reads are fused into the reduction rather
+        than written out: a step can measure the norm first and run the whole chain
+        later, fused into its update (`__call__(..., grad_norm=)`)."""
+        grads = list(grads)
+        if self.has_weight_decay:
+            grads = add_weight_decay(grads, params, self.weight_decay)
+        return global_norm(grads)
 
     def _decay(self, grads, params, grad_norm):
         return add_weight_decay(grads, params, self.weight_decay), grad_norm

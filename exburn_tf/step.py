@@ -489,11 +489,11 @@ class TrainStep:
                 got, grad_sums, loss_sum, counts, samples = self._accumulate_full(
                     batches, j * k)
                 prepared = self._prepare(grad_sums, loss_sum, samples,
-                                         labels_ok=tf.equal(counts[1], 0.0))
+                                         labels_ok=tf.equal(counts[1], 0.0), deferred=True)
                 return prepared, (got, loss_sum, counts, samples)
 
             def commit(prepared, group, guard, sums, last_lr, bad):
-                committed = self._commit(*prepared, guard=guard)
+                committed = self._commit(*prepared, guard=guard, deferred=True)
                 step_sums, last_lr, bad = self._step_record(
                     *group, committed, last_lr, bad)
                 return sums + step_sums, last_lr, bad
@@ -611,26 +611,42 @@ class TrainStep:
         prepared = self._prepare(grad_sums, loss_sum, samples, labels_ok)
         return self._commit(*prepared, guard="select" if self.lean else "cond")
 
-    def _prepare(self, grad_sums, loss_sum, samples, labels_ok=True):
-        """The step up to its update: (grads after the pipeline, grad_norm, finite, lr,
-        lr_ok). Writes nothing but the rate bookkeeping of `_learning_rate`."""
-        state = self.model.state
+    def _prepare(self, grad_sums, loss_sum, samples, labels_ok=True, deferred=False):
+        """The step up to its update: (grads, grad_norm, finite, lr, lr_ok). Writes
+        nothing but the rate bookkeeping of `_learning_rate`.
+
+        `grads` are the gradients after the pipeline; `deferred`, the pair (grad_sums,
+        samples) and only the norm measured, the pipeline left to `_commit` — where XLA
+        fuses it into the update instead of writing each stage out (the rotated loop,
+        which carries a prepared step into the next iteration)."""
         variables = self.model.keras_model.trainable_variables
-        grads = [g / samples for g in grad_sums]
-        if self.config.dynamic_loss_scale:
-            grads = [g / state.loss_scale for g in grads]
-        grads, grad_norm = self.hyper.pipeline(grads, variables)
+        if deferred:
+            grads = (grad_sums, samples)
+            grad_norm = self.hyper.pipeline.norm(self._averaged(*grads), variables)
+        else:
+            grads, grad_norm = self.hyper.pipeline(self._averaged(grad_sums, samples),
+                                                   variables)
         finite = gradients_lib.all_finite(loss_sum, grad_norm)
         lr = self._learning_rate()
         lr_ok = tf.logical_and(tf.logical_and(tf.math.is_finite(lr), lr >= 0.0), labels_ok)
         return grads, grad_norm, finite, lr, lr_ok
 
-    def _commit(self, grads, grad_norm, finite, lr, lr_ok, guard):
+    def _averaged(self, grad_sums, samples):
+        grads = [g / samples for g in grad_sums]
+        if self.config.dynamic_loss_scale:
+            grads = [g / self.model.state.loss_scale for g in grads]
+        return grads
+
+    def _commit(self, grads, grad_norm, finite, lr, lr_ok, guard, deferred=False):
         """The update of a prepared step and the counters; returns (grad_norm, skipped,
         lr, ok). `guard`: "cond", "select" (XLA, see `_selected_update`) or None, for
-        a step the caller knows is finite with a good rate (the rotated XLA loop)."""
+        a step the caller knows is finite with a good rate (the rotated XLA loop).
+        `deferred`: `grads` is `_prepare`'s (grad_sums, samples), the pipeline still to
+        run (the loss scale and the weights it reads have not changed since)."""
         state = self.model.state
         variables = self.model.keras_model.trainable_variables
+        if deferred:
+            grads, _ = self.hyper.pipeline(self._averaged(*grads), variables, grad_norm)
         # The optimizer shows the rate it applies, so Keras callbacks read the real one.
         shown = tf.where(lr_ok, lr, state.shown_lr)
         self.model.optimizer.learning_rate.assign(shown)

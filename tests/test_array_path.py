@@ -187,6 +187,23 @@ def test_whole_call_xla_matches_the_graph_path_and_reruns_bit_identical():
     _assert_xla_run_matches(graph, xla, again)
 
 
+@pytest.mark.parametrize("options", [
+    dict(clip_value=0.05, weight_decay=1e-2),
+    dict(mixed_precision="mixed_float16", accumulate_gradients=1),
+], ids=["every stage", "loss scale"])
+def test_whole_call_xla_runs_the_whole_gradient_pipeline_as_the_graph_path(options):
+    """The rotated loop measures the norm when it prepares a step and runs the chain
+    (decay, norm clip, value clip, the loss scale's division) in the next iteration's
+    update: the same numbers as the graph path, which runs it at once."""
+    x, y = classification_data(103)
+    options = dict(FULL_OPTIONS, **options)
+    graph = _run((x, y), **options)
+    xla, step = _xla_fit((x, y), **options)
+    again, _ = _xla_fit((x, y), **options)
+    assert step.whole_call_xla
+    _assert_xla_run_matches(graph, xla, again)
+
+
 def test_whole_call_xla_without_a_partial_batch_is_one_trace():
     x, y = classification_data(100)
     options = dict(FULL_OPTIONS, accumulate_gradients=1)

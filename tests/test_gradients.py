@@ -104,6 +104,24 @@ def test_pipeline_order_against_numpy_reference():
             np.testing.assert_allclose(g, e, rtol=1e-6)
 
 
+@pytest.mark.parametrize("options", [dict(weight_decay=0.3, clip_norm=2.0, clip_value=0.25),
+                                     dict(clip_norm=2.0), dict()])
+def test_pipeline_norm_alone_and_a_known_norm_give_the_whole_chain(options):
+    """The rotated XLA loop measures the norm first and runs the chain in the update."""
+    rng = np.random.default_rng(1)
+    pipeline = GradientPipeline(**options)
+    grads = [tf.constant(rng.normal(size=(3, 4))), tf.constant(rng.normal(size=(4,))), None]
+    params = [tf.Variable(rng.normal(size=(3, 4))), tf.Variable(rng.normal(size=(4,))),
+              tf.Variable([1.0])]
+    whole, whole_norm = pipeline(grads, params)
+    norm = pipeline.norm(grads, params)
+    assert float(norm) == float(whole_norm)
+    later, later_norm = pipeline(grads, params, grad_norm=norm)
+    assert later_norm is norm and later[2] is None
+    for a, b in zip(whole[:2], later[:2]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_pipeline_inactive_stages_and_none_gradients():
     pipeline = GradientPipeline()
     assert [name for name, _ in pipeline.stages] == ["global_norm"]
