@@ -13,6 +13,8 @@ strategy, `steps_per_epoch`, arrays too large for an accelerator) the batches co
 import math
 import mmap
 import numbers
+import threading
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -521,23 +523,72 @@ def host_tensor(array):
     `tf.convert_to_tensor` copies twice, the second time into fresh pages from
     TensorFlow's allocator, and a numpy buffer of that size asks for huge pages: on
     this machine either stalled one `fit` call in five to ten for 100-480 ms before its
-    first step (MLP data, 51 MB; docs/performance.md). Pages mapped and populated in
-    one call (`MAP_POPULATE`, Linux) took 21-35 ms in 80 calls out of 80; the tensor
-    takes the copy over through DLPack, without copying again."""
-    copy = _aligned_empty(array.nbytes).view(array.dtype).reshape(array.shape)
+    first step (MLP data, 51 MB; docs/performance.md). The copy goes into pages from
+    `HOST_BUFFERS` instead, and the tensor takes it over through DLPack, without
+    copying again."""
+    copy = HOST_BUFFERS.take(array.nbytes).view(array.dtype).reshape(array.shape)
     np.copyto(copy, array)
     return tf.experimental.dlpack.from_dlpack(copy.__dlpack__())
 
 
-def _aligned_empty(nbytes):
-    """A writable uint8 buffer of `nbytes`, aligned to at least `_HOST_ALIGNMENT`."""
+class HostBuffers:
+    """Page-aligned host buffers for `host_tensor`, kept for the next `fit`.
+
+    A fresh buffer's pages are mapped and populated in one call (`MAP_POPULATE`,
+    Linux): in 80 fit calls that never stalled, where numpy's buffers did. Populating
+    51 MB still took ~20 ms against ~5 for the copy into it, so a buffer no tensor
+    uses any more (its view is gone: `weakref`) is handed out again for data of the
+    same size: a `fit` called again on the same arrays skips it. At most `max_bytes`
+    are kept in all (`MAX_KEPT_BYTES`); larger data gets a buffer of its own, freed
+    with its tensors.
+    """
+
+    def __init__(self, max_bytes):
+        self.max_bytes = max_bytes
+        self._kept = []  # [pages, weakref to the view over them], oldest first
+        self._lock = threading.Lock()
+
+    def take(self, nbytes):
+        """A writable uint8 array of `nbytes` that no tensor uses."""
+        with self._lock:
+            for entry in self._kept:
+                pages, user = entry
+                if user() is None and len(pages) == nbytes:
+                    self._kept.remove(entry)
+                    return self._hand_out(pages)
+            pages = _new_pages(nbytes)
+            if nbytes > self.max_bytes:
+                return np.frombuffer(pages, np.uint8)[:nbytes]
+            idle = [e for e in self._kept if e[1]() is None]
+            while idle and self.kept_bytes() + nbytes > self.max_bytes:
+                self._kept.remove(idle.pop(0))
+            if self.kept_bytes() + nbytes > self.max_bytes:
+                return np.frombuffer(pages, np.uint8)[:nbytes]
+            return self._hand_out(pages)
+
+    def kept_bytes(self):
+        return sum(len(pages) for pages, _ in self._kept)
+
+    def _hand_out(self, pages):
+        view = np.frombuffer(pages, np.uint8)
+        self._kept.append([pages, weakref.ref(view)])
+        return view
+
+
+def _new_pages(nbytes):
+    """`nbytes` (> 0) of zeroed, page-aligned memory: populated pages on Linux, else a
+    numpy buffer cut at `_HOST_ALIGNMENT`."""
     populate = getattr(mmap, "MAP_POPULATE", None)
     if populate is not None and nbytes > 0:
-        pages = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
-        return np.frombuffer(pages, np.uint8)  # page-aligned; unmapped with the array
-    buffer = np.empty(nbytes + _HOST_ALIGNMENT, np.uint8)
+        return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    buffer = np.zeros(nbytes + _HOST_ALIGNMENT, np.uint8)
     offset = -buffer.ctypes.data % _HOST_ALIGNMENT
-    return buffer[offset:offset + nbytes]
+    return memoryview(buffer[offset:offset + nbytes])
+
+
+# Host memory `HOST_BUFFERS` keeps between fits, in use or not.
+MAX_KEPT_BYTES = 1024**3
+HOST_BUFFERS = HostBuffers(MAX_KEPT_BYTES)
 
 
 def _with_class_weights(dataset, class_weight):

@@ -105,6 +105,49 @@ def test_host_tensor_is_a_private_copy_the_kernels_can_read(dtype):
     np.testing.assert_array_equal(data_lib.host_tensor(array[:, ::2]).numpy(), array[:, ::2])
 
 
+def test_host_buffers_are_handed_out_again_only_once_no_tensor_uses_them():
+    def address(array):
+        return array.ctypes.data
+
+    buffers = data_lib.HostBuffers(max_bytes=10_000)
+    first = buffers.take(4000)
+    where = address(first)
+    assert address(buffers.take(4000)) != where  # `first` still holds its buffer
+    tensor = tf.experimental.dlpack.from_dlpack(first.view("float32").__dlpack__())
+    del first
+    assert address(buffers.take(4000)) != where  # the tensor still reads it
+    del tensor
+    assert address(buffers.take(4000)) == where  # nothing uses it: taken again
+    assert address(buffers.take(3000)) != where  # only for the same size
+
+
+def test_host_buffers_keep_at_most_max_bytes():
+    buffers = data_lib.HostBuffers(max_bytes=10_000)
+    big = buffers.take(20_000)  # over the bound: never kept
+    assert len(big) == 20_000 and buffers.kept_bytes() == 0
+    buffers.take(6000), buffers.take(3000)  # both dropped at once: idle
+    assert buffers.kept_bytes() == 9000
+    live = buffers.take(5000)  # the idle 6000 go, oldest first, to make room
+    assert buffers.kept_bytes() == 8000
+    another = buffers.take(5000)  # the idle 3000 go
+    assert buffers.kept_bytes() == 10_000
+    own = buffers.take(1000)  # nothing idle to drop: a buffer of its own, not kept
+    assert len(own) == 1000 and buffers.kept_bytes() == 10_000
+    assert len({a.ctypes.data for a in (live, another, own)}) == 3
+
+
+def test_a_second_fit_on_the_same_arrays_reuses_the_first_fits_buffers():
+    x, y = classification_data(40)
+    options = dict(epochs=1, batch_size=8, shuffle=True, seed=5)
+    _run((x, y), **options)
+    kept = [pages for pages, _ in data_lib.HOST_BUFFERS._kept]
+    again = _run((x, y), **options)
+    assert [pages for pages, _ in data_lib.HOST_BUFFERS._kept][-2:] == kept[-2:]
+    fresh = _run((x.copy(), y.copy()), **options)
+    for a, b in zip(weights(again), weights(fresh)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_editing_the_arrays_during_fit_does_not_change_the_run():
     x, y = classification_data(40)
     options = dict(epochs=3, batch_size=8, shuffle=True, seed=5)
