@@ -14,11 +14,13 @@ class CallPacer:
 
     Args:
         steps_per_execution: a positive int (fixed) or "auto".
+        seconds_per_step: the pace learnt by an earlier `fit` of the same compiled step
+            and batch size, if any; without it the first call runs one step.
     """
 
-    def __init__(self, steps_per_execution="auto"):
+    def __init__(self, steps_per_execution="auto", seconds_per_step=None):
         self.fixed = None if steps_per_execution == "auto" else int(steps_per_execution)
-        self.seconds_per_step = None
+        self.seconds_per_step = seconds_per_step
 
     def next(self, remaining=None):
         """Steps for the next call; `remaining` caps it (None: unknown epoch length)."""

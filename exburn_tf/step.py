@@ -345,6 +345,7 @@ class TrainStep:
         self.config = config
         self.strategy = strategy
         self.trace_count = 0
+        self.pace = {}  # batch size -> seconds per step (`CallPacer`), kept across fits
         self.hyper = StepHyperparameters(config)
         self.configure(config)
         self._forward_backward = ForwardBackward(model, config, state=model.state)

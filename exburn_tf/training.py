@@ -170,7 +170,10 @@ class _Fit:
                                    self.in_graph_arrays)
         # Under several workers the call length is agreed through the strategy
         # (CallControl: worker 0's pacing), so "auto" stays in step across workers.
-        self.pacer = CallPacer(self.opts.steps_per_execution)
+        # A step fitted before at this batch size starts at the pace it learnt: no
+        # one-step first call (it costs a dispatch and a read-back at each fit).
+        self.pacer = CallPacer(self.opts.steps_per_execution,
+                               self.step.pace.get(self.opts.batch_size))
 
     def run(self):
         opts, model = self.opts, self.model
@@ -240,6 +243,8 @@ class _Fit:
         if compiled_metrics is not None:
             compiled_metrics.reset()
         sums, timing = self._train_epoch(epoch)
+        if self.pacer.seconds_per_step is not None:
+            self.step.pace[opts.batch_size] = self.pacer.seconds_per_step
         metrics = self._metrics(epoch, sums, timing)
         if compiled_metrics is not None:
             results = compiled_metrics.results()

@@ -354,6 +354,30 @@ def test_steps_per_execution_does_not_change_the_result():
         assert [h["step"] for h in other.history] == [h["step"] for h in runs[0].history]
 
 
+def test_a_later_fit_starts_at_the_pace_the_first_one_learnt(monkeypatch):
+    """The first call of a fit runs one step until the pace is known; the compiled
+    step keeps it per batch size, so the next fit's first call is full length."""
+    lengths = []
+    call = step_lib.TrainStep.__call__
+
+    def recording(self, source, num_steps, *args, **kwargs):
+        lengths.append(num_steps)
+        return call(self, source, num_steps, *args, **kwargs)
+
+    monkeypatch.setattr(step_lib.TrainStep, "__call__", recording)
+    model = compiled()
+    data = classification_data(200)
+
+    def first_call(batch_size):
+        lengths.clear()
+        eb.fit(model, data, epochs=1, batch_size=batch_size, verbose=False)
+        return lengths[0]
+
+    assert first_call(2) == 1
+    assert first_call(2) > 1
+    assert first_call(4) == 1  # another batch size: its own pace
+
+
 # -- (j) retracing -----------------------------------------------------------------------------
 
 
