@@ -480,6 +480,13 @@ def compute_device_type():
     return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
 
 
+def feed_device():
+    """The accelerator one-device tf.data batches are prefetched to ("/gpu:0"), or
+    None on a CPU, where they are in the step's memory already."""
+    kind = compute_device_type()
+    return None if kind == "CPU" else f"/{kind.lower()}:0"
+
+
 def epoch_order(n, seed, epoch, shuffle):
     """The sample order of `epoch`: `stateless_shuffle` of 0..n-1 with seed (run seed,
     epoch), a pure function of the two; 0..n-1 without shuffling."""

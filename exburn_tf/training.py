@@ -353,7 +353,7 @@ class _Fit:
             if self._shared_iterator is None:
                 dataset = self.train.source if self.train.arrays is None else \
                     self.train.epochs(1, 1)
-                self._shared_iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+                self._shared_iterator = self._feed(dataset)
             return self._shared_iterator, budget
         if self.train.arrays is None:
             iterator = self._next_iterator
@@ -374,7 +374,7 @@ class _Fit:
         if self._shared_iterator is None:
             skip = position["micro_batches"] if position is not None else 0
             dataset = self.train.epochs(epoch, opts.epochs, skip)
-            self._shared_iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+            self._shared_iterator = self._feed(dataset)
         return self._shared_iterator, self.train.num_batches
 
     def _restore_iterator(self, position, name, iterator):
@@ -382,7 +382,18 @@ class _Fit:
             checkpoint_lib.restore_iterator(self.context.resumed_path, iterator, name)
 
     def _new_iterator(self, epoch):
-        return iter(self.strategy.experimental_distribute_dataset(self.train.dataset(epoch)))
+        return self._feed(self.train.dataset(epoch))
+
+    def _feed(self, dataset):
+        """The iterator the step reads the tf.data `dataset` through: under a strategy
+        its distributed dataset (which places each replica's batches itself); on one
+        accelerator, batches copied into its memory ahead of the step that takes them
+        (`prefetch_to_device`), unless a checkpoint saves the iterator's position,
+        which such an iterator cannot."""
+        device = data_lib.feed_device()
+        if device is None or self.saves_iterator or tf.distribute.has_strategy():
+            return iter(self.strategy.experimental_distribute_dataset(dataset))
+        return iter(dataset.apply(tf.data.experimental.prefetch_to_device(device)))
 
     def _saved_iterators(self, iterator, next_iterator=None):
         """{checkpoint name: iterator} of the tf.data iterators a checkpoint saves."""

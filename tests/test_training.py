@@ -423,3 +423,67 @@ def test_two_fits_continue_like_one_adam_counter_and_slots_persist():
     for a, b in zip(weights(split), weights(whole)):
         np.testing.assert_array_equal(a, b)
     assert int(split.optimizer.iterations.numpy()) == 6
+
+
+# -- tf.data on one accelerator: prefetch_to_device -------------------------------------
+
+
+def _prefetching_to(monkeypatch, device):
+    """The run's feed device set to `device` ("/cpu:0" stands in for the GPU a CPU
+    machine lacks); returns the devices `prefetch_to_device` was applied with."""
+    applied = []
+    real = tf.data.experimental.prefetch_to_device
+
+    def recording(target, buffer_size=None):
+        applied.append(target)
+        return real(target, buffer_size)
+
+    monkeypatch.setattr(data_lib, "feed_device", lambda: device)
+    monkeypatch.setattr(tf.data.experimental, "prefetch_to_device", recording)
+    return applied
+
+
+def _dataset_fit(**options):
+    x, y = classification_data(60)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(60, seed=3).batch(8)
+    model = compiled(optimizer="adam", learning_rate=0.01)
+    eb.fit(model, dataset, epochs=2, verbose=False, **options)
+    return model
+
+
+@pytest.mark.parametrize("options", [{}, {"steps_per_epoch": 3}],
+                         ids=["per-epoch iterators", "steps_per_epoch"])
+def test_one_accelerator_reads_tf_data_prefetched_to_it(monkeypatch, options):
+    plain = _dataset_fit(**options)
+    applied = _prefetching_to(monkeypatch, "/cpu:0")
+    prefetched = _dataset_fit(**options)
+    assert applied and set(applied) == {"/cpu:0"}
+    for a, b in zip(weights(plain), weights(prefetched)):
+        np.testing.assert_array_equal(a, b)
+    assert [h["loss"] for h in prefetched.history] == [h["loss"] for h in plain.history]
+
+
+def test_an_iterator_a_checkpoint_saves_is_not_prefetched(monkeypatch, tmp_path):
+    """A prefetch_to_device iterator cannot save its position; step checkpoints need it."""
+    applied = _prefetching_to(monkeypatch, "/cpu:0")
+    model = _dataset_fit(checkpoint_dir=str(tmp_path), checkpoint_every=2,
+                         checkpoint_unit="step")
+    assert applied == [] and model.step == 16
+
+
+def test_the_feed_device_is_the_accelerator_the_step_runs_on(monkeypatch):
+    monkeypatch.setattr(data_lib, "compute_device_type", lambda: "GPU")
+    assert data_lib.feed_device() == "/gpu:0"
+    monkeypatch.setattr(data_lib, "compute_device_type", lambda: "CPU")
+    assert data_lib.feed_device() is None  # on a CPU the batches are in place
+
+
+def test_a_strategy_places_its_batches_itself(monkeypatch):
+    applied = _prefetching_to(monkeypatch, "/cpu:0")
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = compiled()
+    x, y = classification_data(40)
+    eb.fit(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1,
+           verbose=False, strategy=strategy)
+    assert applied == []
