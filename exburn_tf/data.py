@@ -564,13 +564,11 @@ class HostBuffers:
                     self._kept.remove(entry)
                     return self._hand_out(pages)
             pages = _new_pages(nbytes)
-            if nbytes > self.max_bytes:
-                return np.frombuffer(pages, np.uint8)[:nbytes]
             idle = [e for e in self._kept if e[1]() is None]
             while idle and self.kept_bytes() + nbytes > self.max_bytes:
                 self._kept.remove(idle.pop(0))
             if self.kept_bytes() + nbytes > self.max_bytes:
-                return np.frombuffer(pages, np.uint8)[:nbytes]
+                return np.frombuffer(pages, np.uint8)  # not kept: freed with its tensors
             return self._hand_out(pages)
 
     def kept_bytes(self):
@@ -583,8 +581,8 @@ class HostBuffers:
 
 
 def _new_pages(nbytes):
-    """`nbytes` (> 0) of zeroed, page-aligned memory: populated pages on Linux, else a
-    numpy buffer cut at `_HOST_ALIGNMENT`."""
+    """`nbytes` of zeroed memory aligned to at least `_HOST_ALIGNMENT`: populated
+    pages on Linux, else a numpy buffer cut at that alignment."""
     populate = getattr(mmap, "MAP_POPULATE", None)
     if populate is not None and nbytes > 0:
         return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)

@@ -347,10 +347,11 @@ class GradientPipeline:
         Under XLA the decayed gradients it reads are fused into the reduction rather
         than written out: a step can measure the norm first and run the whole chain
         later, fused into its update (`__call__(..., grad_norm=)`)."""
-        grads = list(grads)
-        if self.has_weight_decay:
-            grads = add_weight_decay(grads, params, self.weight_decay)
-        return global_norm(grads)
+        grads, grad_norm = list(grads), None
+        for name, stage in self.stages:
+            grads, grad_norm = stage(grads, params, grad_norm)
+            if name == "global_norm":
+                return grad_norm
 
     def _decay(self, grads, params, grad_norm):
         return add_weight_decay(grads, params, self.weight_decay), grad_norm
