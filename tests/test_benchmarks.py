@@ -32,7 +32,7 @@ def _run(script, *args, timeout=600):
 
 
 @pytest.mark.parametrize("script", ["bench_peers.py", "peer_worker.py", "gpu_transformer.py",
-                                    "run_all.py", "diagnose_cnn.py"])
+                                    "run_all.py", "diagnose_cnn.py", "diagnose_fit.py"])
 def test_help(script):
     result = _run(script, "--help", timeout=60)
     assert result.returncode == 0, result.stderr
@@ -63,6 +63,20 @@ def test_diagnose_cnn_times_the_tensorflow_forms():
         (row,) = [line for line in result.stdout.splitlines() if line.startswith(f"| {form} |")]
         assert float(row.split("|")[2]) > 0.0
     assert ("jax / tf_xla_from_graph" in result.stdout) == HAS_JAX
+
+
+def test_diagnose_fit_splits_each_call_into_its_parts():
+    result = _run("diagnose_fit.py", "--samples", "256", "--batch", "32", "--epochs", "1",
+                  "--fits", "3")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4]
+            for line in result.stdout.splitlines() if line.startswith("| ")}
+    whole = float(rows["whole call"][0])
+    assert whole > 0.0 and float(rows["inside the step calls"][0]) > 0.0
+    parts = sum(float(rows[name][0]) for name in
+                ("before the first step", "inside the step calls", "other"))
+    assert parts == pytest.approx(whole, rel=0.5)  # medians of parts: near, not equal
+    assert "before the first step, every call (ms):" in result.stdout
 
 
 def test_peak_table_matches_gpu_names():
