@@ -563,10 +563,12 @@ class HostBuffers:
                 if user() is None and len(pages) == nbytes:
                     self._kept.remove(entry)
                     return self._hand_out(pages)
-            pages = _new_pages(nbytes)
+            # Idle buffers go before the new one is mapped, not after: at the bound the
+            # process would otherwise hold both for a moment.
             idle = [e for e in self._kept if e[1]() is None]
             while idle and self.kept_bytes() + nbytes > self.max_bytes:
                 self._kept.remove(idle.pop(0))
+            pages = _new_pages(nbytes)
             if self.kept_bytes() + nbytes > self.max_bytes:
                 return np.frombuffer(pages, np.uint8)  # not kept: freed with its tensors
             return self._hand_out(pages)
