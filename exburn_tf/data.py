@@ -326,7 +326,7 @@ class TrainData:
         self.validation_arrays = None
         self._device_arrays = None
         # The device the step runs on (one device: `array_epoch`).
-        self._device = f"/{compute_device_type().lower()}:0"
+        self._device = compute_device()
         if isinstance(data, tf.data.Dataset):
             self._init_dataset(data, sample_weight, class_weight, validation_split)
         else:
@@ -480,11 +480,16 @@ def compute_device_type():
     return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
 
 
+def compute_device():
+    """The device the one-device step runs on: "/gpu:0" or "/cpu:0"."""
+    return f"/{compute_device_type().lower()}:0"
+
+
 def feed_device():
     """The accelerator one-device tf.data batches are prefetched to ("/gpu:0"), or
     None on a CPU, where they are in the step's memory already."""
-    kind = compute_device_type()
-    return None if kind == "CPU" else f"/{kind.lower()}:0"
+    device = compute_device()
+    return None if device == "/cpu:0" else device
 
 
 def epoch_order(n, seed, epoch, shuffle):
