@@ -148,6 +148,91 @@ def test_a_second_fit_on_the_same_arrays_reuses_the_first_fits_buffers():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_copy_checks_every_stretch_for_nan_and_inf(monkeypatch, dtype, bad):
+    monkeypatch.setattr(data_lib, "_CHECK_CHUNK", 12)  # stretches of 2 rows of 5
+    x = np.arange(55, dtype=dtype).reshape(11, 5)
+    y = np.arange(11, dtype="int32")
+    tx, ty = data_lib.checked_host_tensors(x, y)
+    np.testing.assert_array_equal(tx.numpy(), x)
+    np.testing.assert_array_equal(ty.numpy(), y)
+    # A row wider than a stretch, and sources that are not C-contiguous, copy alike.
+    wide = np.arange(66, dtype=dtype).reshape(3, 22)
+    np.testing.assert_array_equal(data_lib.checked_host_tensors(wide, y[:3])[0].numpy(), wide)
+    for source in x[:, ::2], np.asfortranarray(x), x[::-1]:
+        copied, _ = data_lib.checked_host_tensors(source, y)
+        np.testing.assert_array_equal(copied.numpy(), source)
+    for where in (0, 0), (1, 4), (2, 0), (10, 4):  # first, stretch edges, last element
+        poisoned = x.copy()
+        poisoned[where] = bad
+        with pytest.raises(ValueError, match=r"data: x contains NaN or Inf values "
+                                             r"\(1 of 55 elements\)"):
+            data_lib.checked_host_tensors(poisoned, y)
+    labels = np.zeros((11, 5), dtype)
+    labels[10, 4] = bad
+    with pytest.raises(ValueError, match=r"data: y contains NaN or Inf values \(1 of 55"):
+        data_lib.checked_host_tensors(x, labels)
+
+
+def test_fit_rejects_a_nan_in_the_last_stretch_before_anything_changes():
+    x, y = classification_data(3000)  # several stretches of `_CHECK_CHUNK`
+    x[-1, -1] = np.nan
+    model = compiled()
+    before = weights(model)
+    with pytest.raises(ValueError, match=r"data: x contains NaN or Inf values \(1 of"):
+        eb.fit(model, (x, y), epochs=1, verbose=False)
+    for a, b in zip(before, weights(model)):
+        np.testing.assert_array_equal(a, b)
+    assert model.history == [] and int(model.state.global_step) == 0
+
+
+def _eager_forwards(monkeypatch, keras_model):
+    """Counts the eager calls of `keras_model` (the checks' forwards, not the traces)."""
+    calls = []
+    call = type(keras_model).__call__
+
+    def counting(self, *args, **kwargs):
+        if self is keras_model and tf.executing_eagerly():
+            calls.append(1)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(keras_model), "__call__", counting)
+    return calls
+
+
+def test_a_second_fit_on_the_same_data_skips_the_forward_check(monkeypatch):
+    x, y = classification_data(40)
+    model = compiled()
+    calls = _eager_forwards(monkeypatch, model.keras_model)
+    options = dict(epochs=1, batch_size=8, verbose=False)
+    eb.fit(model, (x, y), **options)
+    first = len(calls)
+    assert first >= 1
+    eb.fit(model, (x, y), **options)
+    assert len(calls) == first  # the kept output of the same model on the same input
+    changed = x.copy()
+    changed[0, 0] += 1.0  # the checked samples differ: checked again
+    eb.fit(model, (changed, y), **options)
+    assert len(calls) == first + 1
+    with pytest.raises(ValueError, match="data: the model rejects inputs of shape"):
+        eb.fit(model, (np.zeros((40, x.shape[1] + 1), "float32"), y), **options)
+
+
+def test_the_forward_check_is_kept_per_model_variables():
+    keras_model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    x = np.ones((2, 3), "float32")
+    key = data_lib._forward_key(keras_model, x)
+    assert key == data_lib._forward_key(keras_model, x.copy())
+    keras_model.add(keras.layers.Dense(4))
+    keras_model.build((None, 3))
+    assert data_lib._forward_key(keras_model, x) != key
+    assert data_lib._forward_key(keras_model, x.astype("float64")) != \
+        data_lib._forward_key(keras_model, x)
+    big = np.ones((2, data_lib._FORWARD_KEY_MAX_BYTES), "float32")
+    assert data_lib._forward_key(keras_model, big) is None  # too large to keep: no key
+
+
 def test_editing_the_arrays_during_fit_does_not_change_the_run():
     x, y = classification_data(40)
     options = dict(epochs=3, batch_size=8, shuffle=True, seed=5)
