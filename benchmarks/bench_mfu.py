@@ -7,8 +7,9 @@ Both are measured in the same run, alternating, so a busy machine lowers both. T
 convention counts the input gradient of the first layer, which backprop never computes; a
 second row counts only the matmul FLOPs the step executes (4.29 x MACs here). For the
 diagnosis the run also times the MLP's own matmuls at batch 1024 alone (the 3 forward and
-5 backward products; the input gradient of the first layer is never needed): that is the
-most a step made only of those products could reach on this machine.
+5 backward products; the input gradient of the first layer is never needed), as TensorFlow
+graph ops (oneDNN) and inside one XLA program (XLA's CPU dots, which eb's XLA step runs):
+that is the most a step made only of those products could reach on this machine.
 
     python benchmarks/bench_mfu.py            # full: 5 repetitions, 1 + 12 epochs
     python benchmarks/bench_mfu.py --quick    # smoke
@@ -34,8 +35,11 @@ def matmul_flops(size, calls):
     return 2.0 * size ** 3 / common.median(seconds)
 
 
-def model_matmuls():
-    """A compiled function running the MLP's forward and backward matmuls at BATCH.
+def model_matmuls(jit_compile=False):
+    """A compiled function running the MLP's forward and backward matmuls at BATCH: a
+    TensorFlow graph (its matmuls are oneDNN's) or, with `jit_compile`, one XLA program
+    (XLA's own CPU dots, as in eb's XLA step). Every product is summed whole, so no
+    compiler can drop the part of it a slice would not read.
 
     Returns (function, multiply-adds per call).
     """
@@ -45,16 +49,16 @@ def model_matmuls():
     kernels = [tf.constant(rng.standard_normal((m, n), dtype=np.float32) * 0.01)
                for m, n in zip(sizes[:-1], sizes[1:])]
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def run():
         total = tf.constant(0.0)
         for layer, kernel in enumerate(kernels):
             forward = tf.matmul(acts[layer], kernel)                     # B×m · m×n
             weight_grad = tf.matmul(acts[layer], acts[layer + 1], transpose_a=True)  # m×B · B×n
-            total += forward[0, 0] + weight_grad[0, 0]
+            total += tf.reduce_sum(forward) + tf.reduce_sum(weight_grad)
             if layer > 0:
                 input_grad = tf.matmul(acts[layer + 1], kernel, transpose_b=True)  # B×n · n×m
-                total += input_grad[0, 0]
+                total += tf.reduce_sum(input_grad)
         return total
 
     macs = BATCH * (3 * common.multiply_adds() - sizes[0] * sizes[1])
@@ -67,9 +71,10 @@ def main():
     epochs = common.epochs_for(BATCH, args.quick)
     size = 1024 if args.quick else 2048
     matmuls, matmul_macs = model_matmuls()
+    xla_matmuls, _ = model_matmuls(jit_compile=True)
 
-    def model_matmul_flops():
-        return 2.0 * matmul_macs / common.median([common.timed(matmuls)[0] for _ in range(20)])
+    def model_matmul_flops(function=matmuls):
+        return 2.0 * matmul_macs / common.median([common.timed(function)[0] for _ in range(20)])
 
     start = time.perf_counter()
     results = common.alternate({
@@ -77,12 +82,14 @@ def main():
         "eb": lambda: common.eb_fit_rate(weights, x, y, BATCH, epochs),
         "keras": lambda: common.keras_fit_rate(weights, x, y, BATCH, epochs),
         "model_matmuls": model_matmul_flops,
+        "model_matmuls_xla": lambda: model_matmul_flops(xla_matmuls),
     }, repeats)
     peak = common.median(results["peak"])
     train_flops = 6.0 * common.multiply_adds()
     eb_flops = train_flops * common.median(results["eb"])
     keras_flops = train_flops * common.median(results["keras"])
     ceiling = common.median(results["model_matmuls"])
+    xla_ceiling = common.median(results["model_matmuls_xla"])
 
     report = common.Report(f"Model FLOP utilisation, MLP 784-256-128-10 at batch {BATCH}, "
                            f"median of {repeats} repetitions")
@@ -90,6 +97,8 @@ def main():
     report.add(f"tf.matmul {size}x{size} float32 (machine)", gflops(peak / 1e9))
     report.add(f"MLP matmuls alone, batch {BATCH} (fwd + bwd)", gflops(ceiling / 1e9),
                ceiling / peak)
+    report.add("same, inside one XLA program (XLA's CPU dots)", gflops(xla_ceiling / 1e9),
+               xla_ceiling / peak)
     report.add("eb.fit training FLOP/s (6 x MACs x samples/s)",
                f"{gflops(eb_flops / 1e9)} ({common.median(results['eb']):,.0f} samples/s)")
     report.add("model FLOP utilisation, eb.fit batch 1024", "", eb_flops / peak,
@@ -101,6 +110,8 @@ def main():
                f"{gflops(keras_flops / 1e9)} ({common.median(results['keras']):,.0f} samples/s)",
                keras_flops / peak)
     report.add("eb.fit FLOP/s / MLP matmuls alone", "", eb_flops / ceiling)
+    report.add("eb.fit executed matmul FLOP/s / the same inside XLA", "",
+               eb_flops * executed / train_flops / xla_ceiling)
     report.print()
     print(f"\nmultiply-adds per sample: {common.multiply_adds():,}; raw: " + ", ".join(
         f"{name}={[f'{v:.3g}' for v in values]}" for name, values in results.items()))

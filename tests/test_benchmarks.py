@@ -32,7 +32,8 @@ def _run(script, *args, timeout=600):
 
 
 @pytest.mark.parametrize("script", ["bench_peers.py", "peer_worker.py", "gpu_transformer.py",
-                                    "run_all.py", "diagnose_cnn.py", "diagnose_fit.py"])
+                                    "run_all.py", "diagnose_cnn.py", "diagnose_fit.py",
+                                    "bench_mfu.py"])
 def test_help(script):
     result = _run(script, "--help", timeout=60)
     assert result.returncode == 0, result.stderr
@@ -77,6 +78,18 @@ def test_diagnose_fit_splits_each_call_into_its_parts():
                 ("before the first step", "inside the step calls", "other"))
     assert parts == pytest.approx(whole, rel=0.5)  # medians of parts: near, not equal
     assert "before the first step, every call (ms):" in result.stdout
+
+
+def test_bench_mfu_times_the_matmuls_alone_as_graph_ops_and_inside_xla():
+    result = _run("bench_mfu.py", "--quick")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4]
+            for line in result.stdout.splitlines() if line.startswith("| ")}
+    for name in ("MLP matmuls alone, batch 1024 (fwd + bwd)",
+                 "same, inside one XLA program (XLA's CPU dots)"):
+        assert float(rows[name][0].split()[0].replace(",", "")) > 0.0
+        assert float(rows[name][1]) > 0.0
+    assert float(rows["eb.fit executed matmul FLOP/s / the same inside XLA"][1]) > 0.0
 
 
 def test_peak_table_matches_gpu_names():
