@@ -737,6 +737,8 @@ def _forward_key(keras_model, x):
     inputs = []
     for part in tf.nest.flatten(x):
         if isinstance(part, tf.Tensor) and hasattr(part, "numpy"):
+            if part.shape.num_elements() * part.dtype.size > _FORWARD_KEY_MAX_BYTES:
+                return None  # a dataset's first batch can be large: not read back
             part = part.numpy()
         if not isinstance(part, np.ndarray) or part.nbytes > _FORWARD_KEY_MAX_BYTES:
             return None

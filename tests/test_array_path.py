@@ -231,6 +231,9 @@ def test_the_forward_check_is_kept_per_model_variables():
         data_lib._forward_key(keras_model, x)
     big = np.ones((2, data_lib._FORWARD_KEY_MAX_BYTES), "float32")
     assert data_lib._forward_key(keras_model, big) is None  # too large to keep: no key
+    assert data_lib._forward_key(keras_model, tf.constant(big)) is None
+    assert data_lib._forward_key(keras_model, tf.constant(x)) == \
+        data_lib._forward_key(keras_model, x)  # a dataset's small first batch: as numpy
 
 
 def test_editing_the_arrays_during_fit_does_not_change_the_run():
