@@ -106,9 +106,10 @@ def validate_arrays(x, y, name="data", finite=True):
             )
     if len(first) == 0:
         raise ValueError(f"{name} is empty: {first_label} has 0 samples")
+    x, y = _rebuild(x, converted["x"]), _rebuild(y, converted["y"])
     if finite:
         check_finite(x, y, name)
-    return _rebuild(x, converted["x"]), _rebuild(y, converted["y"])
+    return x, y
 
 
 def check_finite(x, y, name="data"):
@@ -383,7 +384,7 @@ class TrainData:
             weights = by_class if weights is None else weights * by_class
         self.arrays = (x, y) if weights is None else (x, y, weights)
         if copy_here and weights is not None:
-            self._device_arrays += tuple(_on_device([weights], self._device))
+            self._device_arrays += (host_tensor(weights),)
         if validation_split:
             self.arrays, self.validation_arrays = split_validation(self.arrays,
                                                                    validation_split)
@@ -554,17 +555,10 @@ def checked_host_tensors(x, y, name="data"):
     Raises:
         ValueError: as `validate_arrays`, before any tensor is handed out.
     """
-    finite = [True]
-
-    def copy(array):
-        tensor, ok = _host_tensor(array, check=True)
-        finite[0] &= ok
-        return tensor
-
-    tensors = tf.nest.map_structure(copy, (x, y))
-    if not finite[0]:
+    copies = [_host_tensor(array, check=True) for array in tf.nest.flatten((x, y))]
+    if not all(finite for _, finite in copies):
         check_finite(x, y, name)  # the exact count, for the message
-    return tensors
+    return tf.nest.pack_sequence_as((x, y), [tensor for tensor, _ in copies])
 
 
 # Elements per stretch of `_copy_checking`: 256 KB of float32, well inside L2.
