@@ -518,3 +518,49 @@ def test_a_model_xla_cannot_compile_trains_on_the_graph_path_under_auto():
     assert forced.step == 0
     for a, b in zip(weights(forced), before):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_large_copy_is_split_between_threads_and_every_part_is_checked(monkeypatch,
+                                                                           threads):
+    monkeypatch.setattr(data_lib, "_SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(data_lib, "_copy_threads", lambda: threads)
+    monkeypatch.setattr(data_lib, "_CHECK_CHUNK", 12)
+    parts = []
+    copy = data_lib._copy_checking
+    monkeypatch.setattr(data_lib, "_copy_checking",
+                        lambda d, s: parts.append(len(s)) or copy(d, s))
+    x = np.arange(110, dtype="float32").reshape(22, 5)
+    y = np.arange(22, dtype="int64")
+    tx, ty = data_lib.checked_host_tensors(x, y)
+    np.testing.assert_array_equal(tx.numpy(), x)
+    np.testing.assert_array_equal(ty.numpy(), y)
+    assert sorted(parts) == sorted([22 * (i + 1) // threads - 22 * i // threads
+                                    for i in range(threads)])
+    for row in 0, 10, 11, 21:  # the first part (this thread), and the others'
+        poisoned = x.copy()
+        poisoned[row, 2] = np.nan
+        with pytest.raises(ValueError, match=r"x contains NaN or Inf values \(1 of 110"):
+            data_lib.checked_host_tensors(poisoned, y)
+    images = np.arange(110, dtype="uint8").reshape(22, 5)  # no check: a plain split copy
+    np.testing.assert_array_equal(data_lib.checked_host_tensors(images, y)[0].numpy(), images)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_copies_without_the_parents_threads(monkeypatch):
+    monkeypatch.setattr(data_lib, "_SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(data_lib, "_copy_threads", lambda: 2)
+    x = np.arange(40, dtype="float32").reshape(8, 5)
+    out = np.empty_like(x)
+    assert data_lib._split_copy(out, x, check=True)  # the parent's pool now has a thread
+    pid = os.fork()
+    if pid == 0:  # the child: a deadlock ends by the alarm, with a failing status
+        signal.alarm(20)
+        ok = False
+        try:
+            copied = np.empty_like(x)
+            ok = data_lib._split_copy(copied, x, check=True) and (copied == x).all()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
