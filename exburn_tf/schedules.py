@@ -213,12 +213,13 @@ def with_variables(schedule):
     return twin
 
 
-def assign_variables(twin, schedule):
-    """Gives `twin` (from `with_variables`) the numbers of `schedule`, same class."""
+def variable_values(twin, schedule):
+    """[(variable of `twin` (from `with_variables`), the number of `schedule` it takes)],
+    `schedule` of the same class; [] for a schedule without variables."""
     if type(schedule) not in _OWN:
-        return
-    for name, value in schedule.get_config().items():
-        getattr(twin, name).assign(float(value))
+        return []
+    return [(getattr(twin, name), float(value))
+            for name, value in schedule.get_config().items()]
 
 
 def check_rates(schedule, horizon, max_points=1000):

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import exburn_tf as eb
+from exburn_tf import cache as cache_lib
 from exburn_tf import step as step_lib
 from training_helpers import (
     NumpyOptimizer,
@@ -442,3 +443,24 @@ def test_adam_counts_optimizer_steps_not_micro_batches():
     expected = reference_fit(initial, *data, loss="cross_entropy", optimizer="adam",
                              batch_size=4, accumulate=3, epochs=2, lr=0.05)
     assert_params_close(model, expected["params"])
+
+
+def test_a_step_called_again_with_other_numbers_trains_with_them():
+    """`configure` writes only the numbers that change: each fit must still train with
+    its own (and with the first fit's again), as a fresh model's own step does.
+    (No momentum: the reference starts without the model's optimizer state.)"""
+    data = classification_data(24)
+    first = dict(clip_norm=0.05, weight_decay=1e-2, clip_value=0.01, warmup=3,
+                 lr_schedule=("cosine", 0.5, 0.01))
+    second = dict(clip_norm=2.0, weight_decay=1e-4, clip_value=0.5, warmup=2,
+                  lr_schedule=("cosine", 0.2, 0.1))  # the same structure: one trace
+    model = compiled(optimizer="sgd", learning_rate=0.1, momentum=0.0)
+    for options in first, second, first:
+        reference = compiled(optimizer="sgd", learning_rate=0.1, momentum=0.0)
+        reference.keras_model.set_weights(weights(model))
+        for m in model, reference:
+            eb.fit(m, data, epochs=2, batch_size=8, shuffle=False, verbose=False, **options)
+        for a, b in zip(weights(model), weights(reference)):
+            np.testing.assert_array_equal(a, b)
+    (step,) = cache_lib.model_cache(model, "train_steps").values()  # three fits, one step
+    assert step.trace_count == 1
