@@ -40,6 +40,7 @@ stored in the model's own precision and through Keras' own serialization (losses
 ExBurn name, or `keras.losses.serialize`), rebuilt in Keras' safe mode.
 """
 
+import dataclasses
 import errno
 import json
 import os
@@ -47,9 +48,6 @@ import shutil
 import tempfile
 import warnings
 import zipfile
-
-import dataclasses
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
