@@ -206,7 +206,7 @@ class StepHyperparameters(tf.Module):
         """Takes the numbers of `config` (whose structure must be this step's).
 
         A variable is written only when its value changes: nothing else writes these,
-        and each eager assign costs ~0.1-0.2 ms of every `fit` call's start."""
+        and each eager assign costs ~0.1 ms of every `fit` call's start."""
         pipeline = config.pipeline
         values = [(self.weight_decay, pipeline.weight_decay),
                   (self.clip_norm, pipeline.clip_norm or 0.0),
