@@ -6,13 +6,13 @@
 Both are measured in the same run, alternating; eb's is the median of its repetitions, the
 machine's (and the MLP's matmuls alone, below) the fastest call of the fastest repetition:
 a peak is a best, and a median taken while the shared machine is slow would overstate
-the MFU. The 6 x MACs
-convention counts the input gradient of the first layer, which backprop never computes; a
-second row counts only the matmul FLOPs the step executes (4.29 x MACs here). For the
-diagnosis the run also times the MLP's own matmuls at batch 1024 alone (the 3 forward and
-5 backward products; the input gradient of the first layer is never needed), as TensorFlow
-graph ops (oneDNN) and inside one XLA program (XLA's CPU dots, which eb's XLA step runs):
-that is the most a step made only of those products could reach on this machine.
+the MFU. The 6 x MACs convention counts the input gradient of the first layer, which
+backprop never computes; a second row counts only the matmul FLOPs the step executes
+(4.29 x MACs here). For the diagnosis the run also times the MLP's own matmuls at batch
+1024 alone (the 3 forward and 5 backward products; the input gradient of the first layer
+is never needed), as TensorFlow graph ops (oneDNN) and inside one XLA program (XLA's CPU
+dots, which eb's XLA step runs): that is the most a step made only of those products
+could reach on this machine.
 
     python benchmarks/bench_mfu.py            # full: 5 repetitions, 1 + 12 epochs
     python benchmarks/bench_mfu.py --quick    # smoke
