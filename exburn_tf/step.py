@@ -22,8 +22,10 @@ XLA (`jit_compile`, array data on one device): the same step, traced as one XLA 
 per call (`whole_call_xla`) or per optimizer step called from the graph's loop (`step_xla`,
 for convolutions), over groups of full micro-batches only, so without a `tf.cond`. The
 guard: the whole call's loop leaves before a step that must not be applied, which alone
-takes a select-guarded update; the per-step program selects. The group holding the partial
-last batch runs in the graph.
+takes a select-guarded update; the per-step program selects. The epoch's last group, when
+it is short or holds the partial last batch, is an XLA program of its own, traced for its
+static shapes (`tail_group`); padding it instead would change batch statistics such as
+BatchNorm's. A group anywhere else that is not full (a budget cuts it) runs in the graph.
 
 Distribution: the per-replica part (forward + tape) runs under `strategy.run`; everything
 after the SUM all-reduce runs in the cross-replica context, so the norm clip sees the global
@@ -107,6 +109,41 @@ class _ArrayBatches:
                               k <= budget)
 
 
+def tail_group(size, batch_size, k):
+    """(first micro-batch, count, last size) of the last group of an epoch of `size`
+    samples in micro-batches of `batch_size`, groups of `k`, when that group is short or
+    its last micro-batch partial; None when it is a full group of full micro-batches (or
+    the epoch is empty)."""
+    micro_batches = -(-size // batch_size)
+    if micro_batches == 0:
+        return None
+    count = (micro_batches - 1) % k + 1
+    last_size = size - (micro_batches - 1) * batch_size
+    if count == k and last_size == batch_size:
+        return None
+    return micro_batches - count, count, last_size
+
+
+class _TailBatches:
+    """In-graph view of an epoch's last group (`tail_group`) with static shapes, for an
+    XLA program: `next(i)`, i a Python int below the group's count, is micro-batch
+    `first + i`, of `batch_size` samples but the last, of `last_size`."""
+
+    def __init__(self, arrays, order, batch_size, tail):
+        self.arrays, self.order, self.batch_size = arrays, order, batch_size
+        self.first, self.count, self.last_size = tail
+
+    def next(self, index):
+        size = self.last_size if index == self.count - 1 else self.batch_size
+        first = (self.first + index) * self.batch_size
+
+        def value():
+            indices = tf.gather(self.order, first + tf.range(size))
+            return tf.nest.map_structure(lambda a: tf.gather(a, indices), self.arrays)
+
+        return tf.constant(True), value
+
+
 class _IteratorBatches:
     """In-graph view of an iterator: `next(index)` -> (has_value, get_value); the index
     is the iterator's own position, so it is not used."""
@@ -143,7 +180,8 @@ class StepConfig:
             computation.
         step_xla: with array data on one device, each optimizer step over a full group
             is one XLA computation called from the graph's loop (the form that suits
-            convolutions on CPU); a short or partial last group runs in the graph.
+            convolutions on CPU), as is the epoch's last group when it is short or
+            partial (its own static shapes).
         xla_fallback: an XLA program that XLA cannot compile gives way to the graph path
             (`jit_compile="auto"`); otherwise it is a ValueError.
         grad_method: "autodiff" (GradientTape) or a finite-difference method of
@@ -366,6 +404,10 @@ class TrainStep:
         self.step_xla = bool(config.step_xla)
         self._xla_ran = False  # an XLA program has run: no falling back after that
         self._step_xla_functions = {}  # batch size -> the graph loop over per-step XLA
+        # (batch size, samples) -> the whole-call path's XLA program of the epoch's last
+        # group (`tail_group`); the per-step path's is traced into its graph loop.
+        self._tail_functions = {}
+        self._tails_run = set()  # (batch size, samples) whose per-step tail has run
         # While tracing an XLA program: "call" (the whole call) or "step" (one step).
         self.lean = None
 
@@ -442,22 +484,30 @@ class TrainStep:
             source.batch_size, start, num_steps, budget)).numpy()
 
     def _step_xla_array_call(self, source, num_steps, budget, start):
-        b = source.batch_size
+        b, size = source.batch_size, int(source.order.shape[0])
         function = self._step_xla_functions.get(b)
         if function is None:
             function = self._step_xla_functions[b] = tf.function(
                 lambda arrays, order, first, n, limit: self._run_step_xla_steps(
                     arrays, order, b, first, n, limit))
+        tail = tail_group(size, b, self.config.accumulate)
+        if (tail is not None and (b, size) not in self._tails_run
+                and start + num_steps * self.config.accumulate > tail[0]):
+            # This call may reach the last group, whose XLA program compiles when it
+            # first runs: a call the pacer and the rates must leave out, as a trace.
+            self._tails_run.add((b, size))
+            self.trace_count += 1
         return function(source.arrays, source.order,
                         *_int32(start, num_steps, budget)).numpy()
 
     def _xla_array_call(self, source, steps, budget, start):
         """The call as the whole-call XLA program over groups of k full micro-batches
-        (called again after a skipped step, see `_run_full_steps`); what is left (the
-        group holding the partial last batch, a short last group) runs after it in the
-        graph function. XLA needs static shapes, and padding would change batch
+        (called again after a skipped step, see `_run_full_steps`), then the epoch's last
+        group, when it is short or holds the partial last batch, as an XLA program of its
+        own (`_xla_tail_call`). XLA needs static shapes, and padding would change batch
         statistics such as BatchNorm's. Knowing every group is full lets the XLA program
-        drop the step's `tf.cond`s, which in XLA copy every buffer they carry."""
+        drop the step's `tf.cond`s, which in XLA copy every buffer they carry. What is
+        left (a group a budget cuts short) runs in the graph function."""
         size, b, k = int(source.order.shape[0]), source.batch_size, self.config.accumulate
         function = self._xla_functions.get(b)
         if function is None:
@@ -476,11 +526,35 @@ class TrainStep:
                 return out
             pulled = int(part[MICRO_BATCHES])
             start, budget, steps = start + pulled, budget - pulled, steps - int(part[STEPS])
+        tail = tail_group(size, b, k)
+        if steps > 0 and tail is not None and start == tail[0] and budget >= tail[1]:
+            part = self._xla_tail_call(source, tail)
+            out = part if out is None else combine_calls(out, part)
+            if part[REFUSED_STEP] or part[MAX_SKIPPED_IN_ROW] >= self._skip_limit():
+                return out
+            start, budget, steps = start + tail[1], budget - tail[1], steps - 1
         if out is not None and (steps == 0 or min(budget, -(-size // b) - start) <= 0):
             out[DONE] = float(steps > 0)  # the data is used up, as the graph would report
             return out
-        tail = self._graph_array_call(source, steps, budget, start)
-        return tail if out is None else combine_calls(out, tail)
+        rest = self._graph_array_call(source, steps, budget, start)
+        return rest if out is None else combine_calls(out, rest)
+
+    def _xla_tail_call(self, source, tail):
+        """The epoch's last group (`tail_group`) as one XLA program: its metric vector."""
+        key = (source.batch_size, int(source.order.shape[0]))
+        function = self._tail_functions.get(key)
+        if function is None:
+            run = self._tail_group_step(source.batch_size, tail, compiled=False)
+
+            def call(arrays, order):
+                self.trace_count += 1  # Python side effect: runs only while tracing.
+                _, sums, lr, bad = run(arrays, order, tf.constant(0.0), tf.zeros([3]))
+                max_in_row = tf.cast(self.model.state.skipped_in_row, tf.float32)
+                done = 1.0 if tail[1] < self.config.accumulate else 0.0
+                return tf.concat([sums, [lr, done, max_in_row], bad], axis=0)
+
+            function = self._tail_functions[key] = tf.function(call, jit_compile=True)
+        return function(source.arrays, source.order).numpy()
 
     def _run_full_steps(self, batches, num_steps):
         """The whole-call XLA program: `num_steps` (>= 1) steps over full groups, as a
@@ -576,15 +650,17 @@ class TrainStep:
             (tf.constant(0), *empty))
         return tuple(result)
 
-    def _accumulate_full(self, batches, offset):
+    def _accumulate_full(self, batches, offset, count=None):
         """An XLA program's group: k micro-batches the host has checked are there, so no
         `tf.cond` per pull (in XLA a cond copies the gradient buffers). The pulls are
         unrolled in the per-step program (no loop: see `_full_group_step`) and for groups
         up to `UNROLL_ACCUMULATION` (an inner XLA loop carrying the gradient sums is slow).
 
+        `count`: the group's micro-batches when not k (the epoch's last group).
+
         Returns (count, grad sums, loss sum, counts, samples), as `_accumulate`.
         """
-        k = self.config.accumulate
+        k = self.config.accumulate if count is None else count
 
         def add(group, i):
             return self._add_micro_batch(group, batches.next(offset + i)[1])
@@ -797,9 +873,28 @@ class TrainStep:
 
         return tf.function(run, jit_compile=True)
 
+    def _tail_group_step(self, batch_size, tail, compiled=True):
+        """The optimizer step over the epoch's last group (`tail_group`, static: its
+        first micro-batch, count and last size), as `_full_group_step`: (got, sums, rate,
+        refusal). `compiled`: as its own XLA function (else traced into the caller's)."""
+        def run(arrays, order, last_lr, bad):
+            self.lean = "step"
+            try:
+                batches = _TailBatches(arrays, order, batch_size, tail)
+                got, *group = self._accumulate_full(batches, 0, count=tail[1])
+                return (got, *self._step_outputs(got, *group, last_lr, bad))
+            finally:
+                self.lean = None
+
+        return tf.function(run, jit_compile=True) if compiled else run
+
     def _run_step_xla_steps(self, arrays, order, batch_size, start, num_steps, budget):
+        size = order.shape[0]
+        tail = None if size is None else tail_group(size, batch_size, self.config.accumulate)
+        tail_xla = None if tail is None else (tail, self._tail_group_step(batch_size, tail))
         return self._run_steps(_ArrayBatches(arrays, order, batch_size, start), num_steps,
-                               budget, step_xla=self._full_group_step(batch_size))
+                               budget, step_xla=self._full_group_step(batch_size),
+                               tail_xla=tail_xla)
 
     def _run_iterator_steps(self, iterator, num_steps, budget):
         return self._run_steps(_IteratorBatches(iterator), num_steps, budget)
@@ -808,7 +903,7 @@ class TrainStep:
         return self._run_steps(_ArrayBatches(arrays, order, batch_size, start),
                                num_steps, budget)
 
-    def _run_steps(self, batches, num_steps, budget, step_xla=None):
+    def _run_steps(self, batches, num_steps, budget, step_xla=None, tail_xla=None):
         self.trace_count += 1  # Python side effect: runs only while tracing.
         k = self.config.accumulate
 
@@ -823,14 +918,24 @@ class TrainStep:
                     got > 0, lambda: self._step_outputs(got, *group, last_lr, bad),
                     lambda: (tf.zeros([NUM_SUMS]), last_lr, bad)))
 
+            def not_full():
+                if tail_xla is None:
+                    return graph_step()
+                (first, count, _), tail_step = tail_xla
+                return tf.cond(
+                    tf.logical_and(tf.equal(batches.start + pulled, first),
+                                   count <= budget - pulled),
+                    lambda: tail_step(batches.arrays, batches.order, last_lr, bad),
+                    graph_step)
+
             if step_xla is None:
                 got, step_sums, lr, bad = graph_step()
-            else:  # a full group: one XLA call; the short or partial last group: the graph
+            else:  # a full group, or the epoch's last group: one XLA call; else the graph
                 got, step_sums, lr, bad = tf.cond(
                     batches.has_full_group(pulled, k, budget - pulled),
                     lambda: step_xla(batches.arrays, batches.order, batches.start + pulled,
                                      last_lr, bad),
-                    graph_step)
+                    not_full)
             max_in_row = tf.maximum(max_in_row, tf.cast(state.skipped_in_row, tf.float32))
             # Done when the iterator ran dry or the budget is spent (a short group).
             return i + 1, got < k, sums + step_sums, lr, max_in_row, bad

@@ -306,14 +306,16 @@ def _assert_xla_run_matches(graph, xla, again):
 
 def test_whole_call_xla_matches_the_graph_path_and_reruns_bit_identical():
     """Full batches run in one XLA computation per call, the group holding the partial
-    last batch in the graph function: 2 traces (one per static shape), the same counts,
-    the graph path's numbers to float rounding, and identical reruns."""
+    last batch in an XLA program of its own: 2 traces (one per static shape), the graph
+    function never, the same counts, the graph path's numbers to float rounding, and
+    identical reruns."""
     x, y = classification_data(103)
     graph = _run((x, y), **FULL_OPTIONS)
     xla, step = _xla_fit((x, y), **FULL_OPTIONS)
     again, _ = _xla_fit((x, y), **FULL_OPTIONS)
     assert step.whole_call_xla and len(step._xla_functions) == 1
-    assert step.trace_count == 2
+    assert len(step._tail_functions) == 1 and step.trace_count == 2
+    assert step._array_function.experimental_get_tracing_count() == 0
     assert xla.step == graph.step == 12
     _assert_xla_run_matches(graph, xla, again)
 
@@ -361,7 +363,8 @@ def test_whole_call_xla_program_has_no_cond_and_leaves_a_short_group_to_the_grap
     """Every group of the XLA program is full (checked on the host), so it holds no
     `tf.cond`: in XLA a cond copies the gradient, weight and slot buffers it carries, 1.5x
     the step's time on the MLP at batch 32. A short last group (10 micro-batches in groups
-    of 3) runs in the graph function, as the partial batch does."""
+    of 3) is an XLA program of its own, as the partial batch's group is, with no loop or
+    cond either; the graph function never runs."""
     calls = []
     original = step_lib.TrainStep._xla_array_call
     monkeypatch.setattr(step_lib.TrainStep, "_xla_array_call",
@@ -383,6 +386,10 @@ def test_whole_call_xla_program_has_no_cond_and_leaves_a_short_group_to_the_grap
     # gradient sums ran accumulation at 0.76 of the big batch), and no cond.
     assert counts["While"] + counts["StatelessWhile"] == 1
     assert counts["If"] + counts["StatelessIf"] == 0
+    (tail,) = step._tail_functions.values()
+    tail_counts = _op_counts(tail.get_concrete_function(source.arrays, source.order))
+    assert not {"While", "StatelessWhile", "If", "StatelessIf"} & set(tail_counts)
+    assert step._array_function.experimental_get_tracing_count() == 0
 
 
 def test_whole_call_xla_resumes_mid_epoch_bit_identical(tmp_path):
@@ -461,25 +468,43 @@ def _conv_fit(jit_compile, x, y, **options):
 
 def test_the_per_step_xla_program_matches_the_graph_path_with_one_trace(monkeypatch):
     """Groups of full micro-batches run as one XLA computation each, without a loop or a
-    cond inside it (XLA's CPU convolutions in a loop are 5x slower); the short and the
-    partial last groups run in the graph's branch. One trace, BatchNorm's statistics and
-    the weights of the graph path, identical reruns."""
-    calls = []
+    cond inside it (XLA's CPU convolutions in a loop are 5x slower), and so does the
+    epoch's last group, short and holding the partial batch, in a program of its own
+    shapes: the graph's branch never pulls a micro-batch. One trace of the loop plus the
+    last group's compile, BatchNorm's statistics and the weights of the graph path,
+    identical reruns."""
+    calls, tails, graph_pulls = [], [], tf.Variable(0)
     original = step_lib.TrainStep._full_group_step
     monkeypatch.setattr(step_lib.TrainStep, "_full_group_step",
                         lambda self, b: calls.append(original(self, b)) or calls[-1])
+    original_tail = step_lib.TrainStep._tail_group_step
+    monkeypatch.setattr(step_lib.TrainStep, "_tail_group_step",
+                        lambda self, *a: tails.append((a, original_tail(self, *a))) or
+                        tails[-1][1])
+    original_accumulate = step_lib.TrainStep._accumulate
+
+    def counted_accumulate(self, batches, offset, budget):
+        # The graph branch's pull, counted when it runs (not when it is traced).
+        with tf.control_dependencies([graph_pulls.assign_add(1)]):
+            return original_accumulate(self, batches, tf.identity(offset), budget)
+
     x, y = _signals(51), classification_data(51)[1]  # 6 batches of 8 and one of 3; k=2
     options = dict(FULL_OPTIONS, batch_size=8, accumulate_gradients=2)
     graph, _ = _conv_fit(False, x, y, **options)
+    monkeypatch.setattr(step_lib.TrainStep, "_accumulate", counted_accumulate)
     xla, step = _conv_fit(True, x, y, **options)
     again, _ = _conv_fit(True, x, y, **options)
-    assert step.step_xla and step.trace_count == 1
+    assert step.step_xla and step.trace_count == 2
     assert xla.step == graph.step == 12
     _assert_xla_run_matches(graph, xla, again)
-    (concrete,) = calls[0]._list_all_concrete_functions()
-    types = _op_types(concrete)
-    assert "Conv2D" in types
-    assert not types & {"While", "StatelessWhile", "If", "StatelessIf"}
+    assert int(graph_pulls.numpy()) == 0
+    (batch_size, tail), _ = tails[0]
+    assert (batch_size, tail) == (8, (6, 1, 3))  # micro-batch 6, alone in its group, of 3
+    for function in (calls[0], tails[0][1]):
+        (concrete,) = function._list_all_concrete_functions()
+        types = _op_types(concrete)
+        assert "Conv2D" in types
+        assert not types & {"While", "StatelessWhile", "If", "StatelessIf"}
 
 
 class _NumpyIdentity(keras.layers.Layer):

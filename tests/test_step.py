@@ -404,11 +404,14 @@ def test_no_retrace_over_epochs_with_a_partial_last_batch(recorded_steps, jit_co
            validation_data=classification_data(7, seed=3))
     (train_step,) = recorded_steps
     if jit_compile:
-        # One XLA program for the full batches, the graph function for the group holding
-        # the partial batch (XLA shapes are static): each traced once for all 5 epochs.
+        # One XLA program for the full batches, one for the group holding the partial
+        # batch (XLA shapes are static): each traced once for all 5 epochs, and the graph
+        # function never.
         (xla,) = train_step._xla_functions.values()
+        (tail,) = train_step._tail_functions.values()
         assert xla.experimental_get_tracing_count() == 1
-        assert train_step._array_function.experimental_get_tracing_count() == 1
+        assert tail.experimental_get_tracing_count() == 1
+        assert train_step._array_function.experimental_get_tracing_count() == 0
         assert train_step.trace_count == 2
         assert train_step._forward_backward.fn == train_step._forward_backward._run  # no nested XLA
     else:
