@@ -7,6 +7,7 @@ is forced by making `TrainData.array_epoch` decline, as it does for arrays too l
 an accelerator.
 """
 import collections
+import math
 import os
 import signal
 
@@ -505,6 +506,48 @@ def test_the_per_step_xla_program_matches_the_graph_path_with_one_trace(monkeypa
         types = _op_types(concrete)
         assert "Conv2D" in types
         assert not types & {"While", "StatelessWhile", "If", "StatelessIf"}
+
+
+def test_tail_group_is_the_epochs_last_group_when_it_is_not_a_full_one():
+    assert step_lib.tail_group(51, 8, 2) == (6, 1, 3)    # short and partial
+    assert step_lib.tail_group(17, 8, 3) == (0, 3, 1)    # k micro-batches, the last partial
+    assert step_lib.tail_group(24, 8, 2) == (2, 1, 8)    # short, every micro-batch full
+    assert step_lib.tail_group(3, 8, 4) == (0, 1, 3)     # fewer samples than one batch
+    assert step_lib.tail_group(32, 8, 2) is None         # a full group of full batches
+    assert step_lib.tail_group(0, 8, 1) is None
+
+
+# (samples, batch size, k): the last group short and partial, k micro-batches with the last
+# partial, fewer samples than one batch. (A short group of full micro-batches: the MLP in
+# test_whole_call_xla_program_has_no_cond_and_leaves_a_short_group_to_the_graph.)
+_TAIL_LAYOUTS = [(41, 8, 4), (17, 8, 3), (3, 8, 2)]
+
+
+@pytest.mark.parametrize("samples,batch_size,k", _TAIL_LAYOUTS)
+def test_the_last_group_in_xla_matches_the_graph_path_on_both_programs(samples, batch_size,
+                                                                      k):
+    """The epoch's last group, whatever its layout, is an XLA program (the whole-call
+    path's host call for the MLP, the per-step loop's branch for the CNN) giving the graph
+    path's steps, accuracy and weights to float rounding, with sample weights."""
+    rng = np.random.RandomState(samples)
+    w = rng.rand(samples).astype("float32")
+    options = dict(epochs=2, batch_size=batch_size, accumulate_gradients=k, seed=3,
+                   clip_norm=0.5, weight_decay=1e-3, accuracy=True)
+    x, y = classification_data(samples)
+    graph = _run((x, y, w), **options)
+    xla, step = _xla_fit((x, y, w), **options)
+    assert step.whole_call_xla and len(step._tail_functions) == 1
+    assert step._array_function.experimental_get_tracing_count() == 0
+    signals = _signals(samples)
+    graph_conv, _ = _conv_fit(False, signals, y, **options)
+    xla_conv, conv_step = _conv_fit(True, signals, y, **options)
+    assert conv_step.step_xla
+    steps_per_epoch = math.ceil(math.ceil(samples / batch_size) / k)
+    for a_run, b_run in ((graph, xla), (graph_conv, xla_conv)):
+        assert a_run.step == b_run.step == 2 * steps_per_epoch
+        assert [e["accuracy"] for e in a_run.history] == [e["accuracy"] for e in b_run.history]
+        for a, b in zip(weights(a_run), weights(b_run)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 class _NumpyIdentity(keras.layers.Layer):
