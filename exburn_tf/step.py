@@ -77,6 +77,13 @@ class ArrayEpoch:
         self.arrays, self.order, self.batch_size = arrays, order, batch_size
 
 
+def _gather_rows(arrays, order, first, size):
+    """The micro-batch of the samples `order[first : first + size]`, `size` static (XLA).
+    A gather, not a slice: XLA takes a slice's start as a compile-time constant."""
+    indices = tf.gather(order, first + tf.range(size))
+    return tf.nest.map_structure(lambda a: tf.gather(a, indices), arrays)
+
+
 class _ArrayBatches:
     """In-graph view of an `ArrayEpoch`: `next(index)` -> (has_value, get_value).
 
@@ -94,10 +101,8 @@ class _ArrayBatches:
 
         def value():
             if self.full_only:
-                # A gather, not a slice: XLA takes a slice's start as a compile-time constant.
-                indices = tf.gather(self.order, first + tf.range(self.batch_size))
-            else:
-                indices = self.order[first:tf.minimum(first + self.batch_size, self.size)]
+                return _gather_rows(self.arrays, self.order, first, self.batch_size)
+            indices = self.order[first:tf.minimum(first + self.batch_size, self.size)]
             return tf.nest.map_structure(lambda a: tf.gather(a, indices), self.arrays)
 
         end = first + self.batch_size if self.full_only else first + 1
@@ -136,12 +141,7 @@ class _TailBatches:
     def next(self, index):
         size = self.last_size if index == self.count - 1 else self.batch_size
         first = (self.first + index) * self.batch_size
-
-        def value():
-            indices = tf.gather(self.order, first + tf.range(size))
-            return tf.nest.map_structure(lambda a: tf.gather(a, indices), self.arrays)
-
-        return tf.constant(True), value
+        return tf.constant(True), lambda: _gather_rows(self.arrays, self.order, first, size)
 
 
 class _IteratorBatches:
@@ -515,24 +515,21 @@ class TrainStep:
                 lambda arrays, order, first, count: self._run_full_steps(
                     _ArrayBatches(arrays, order, b, first, full_only=True), count),
                 jit_compile=True)
+        tail = tail_group(size, b, k)
         out = None
         while steps > 0:
             n = min(steps, max(min(budget, size // b - start), 0) // k)
-            if n <= 0:
+            if n > 0:
+                part = function(source.arrays, source.order, *_int32(start, n)).numpy()
+            elif tail is not None and start == tail[0] and budget >= tail[1]:
+                part = self._xla_tail_call(source, tail)
+            else:
                 break
-            part = function(source.arrays, source.order, *_int32(start, n)).numpy()
             out = part if out is None else combine_calls(out, part)
             if part[REFUSED_STEP] or part[MAX_SKIPPED_IN_ROW] >= self._skip_limit():
                 return out
             pulled = int(part[MICRO_BATCHES])
             start, budget, steps = start + pulled, budget - pulled, steps - int(part[STEPS])
-        tail = tail_group(size, b, k)
-        if steps > 0 and tail is not None and start == tail[0] and budget >= tail[1]:
-            part = self._xla_tail_call(source, tail)
-            out = part if out is None else combine_calls(out, part)
-            if part[REFUSED_STEP] or part[MAX_SKIPPED_IN_ROW] >= self._skip_limit():
-                return out
-            start, budget, steps = start + tail[1], budget - tail[1], steps - 1
         if out is not None and (steps == 0 or min(budget, -(-size // b) - start) <= 0):
             out[DONE] = float(steps > 0)  # the data is used up, as the graph would report
             return out
@@ -550,8 +547,8 @@ class TrainStep:
                 self.trace_count += 1  # Python side effect: runs only while tracing.
                 _, sums, lr, bad = run(arrays, order, tf.constant(0.0), tf.zeros([3]))
                 max_in_row = tf.cast(self.model.state.skipped_in_row, tf.float32)
-                done = 1.0 if tail[1] < self.config.accumulate else 0.0
-                return tf.concat([sums, [lr, done, max_in_row], bad], axis=0)
+                # DONE is 0, as `_run_full_steps` reports it: `_xla_array_call` sets it.
+                return tf.concat([sums, [lr, 0.0, max_in_row], bad], axis=0)
 
             function = self._tail_functions[key] = tf.function(call, jit_compile=True)
         return function(source.arrays, source.order).numpy()
@@ -858,33 +855,34 @@ class TrainStep:
         return (tf.where(ok, sums, tf.zeros([NUM_SUMS])),
                 tf.where(ok, lr, last_lr), tf.where(ok, bad, refused))
 
+    def _group_step(self, batches, last_lr, bad, count=None):
+        """One optimizer step over a group the host has checked is there (`count`
+        micro-batches, default k), traced for an XLA program without a loop or cond:
+        (got, sums, rate, refusal)."""
+        self.lean = "step"
+        try:
+            got, *group = self._accumulate_full(batches, 0, count)
+            return (got, *self._step_outputs(got, *group, last_lr, bad))
+        finally:
+            self.lean = None
+
     def _full_group_step(self, batch_size):
         """One optimizer step over a full group of array micro-batches as one XLA
         computation, without a loop (XLA's CPU convolutions inside a loop are several
         times slower), called from the graph's loop: (got, sums, rate, refusal)."""
-        def run(arrays, order, first, last_lr, bad):
-            self.lean = "step"
-            try:
-                batches = _ArrayBatches(arrays, order, batch_size, first, full_only=True)
-                got, *group = self._accumulate_full(batches, 0)
-                return (got, *self._step_outputs(got, *group, last_lr, bad))
-            finally:
-                self.lean = None
-
-        return tf.function(run, jit_compile=True)
+        return tf.function(
+            lambda arrays, order, first, last_lr, bad: self._group_step(
+                _ArrayBatches(arrays, order, batch_size, first, full_only=True), last_lr,
+                bad),
+            jit_compile=True)
 
     def _tail_group_step(self, batch_size, tail, compiled=True):
         """The optimizer step over the epoch's last group (`tail_group`, static: its
         first micro-batch, count and last size), as `_full_group_step`: (got, sums, rate,
         refusal). `compiled`: as its own XLA function (else traced into the caller's)."""
         def run(arrays, order, last_lr, bad):
-            self.lean = "step"
-            try:
-                batches = _TailBatches(arrays, order, batch_size, tail)
-                got, *group = self._accumulate_full(batches, 0, count=tail[1])
-                return (got, *self._step_outputs(got, *group, last_lr, bad))
-            finally:
-                self.lean = None
+            return self._group_step(_TailBatches(arrays, order, batch_size, tail), last_lr,
+                                    bad, count=tail[1])
 
         return tf.function(run, jit_compile=True) if compiled else run
 
