@@ -359,7 +359,7 @@ def _op_types(concrete):
     return set(_op_counts(concrete))
 
 
-def test_whole_call_xla_program_has_no_cond_and_leaves_a_short_group_to_the_graph(
+def test_whole_call_xla_program_has_no_cond_and_runs_a_short_group_in_its_own_program(
         monkeypatch):
     """Every group of the XLA program is full (checked on the host), so it holds no
     `tf.cond`: in XLA a cond copies the gradient, weight and slot buffers it carries, 1.5x
@@ -519,7 +519,7 @@ def test_tail_group_is_the_epochs_last_group_when_it_is_not_a_full_one():
 
 # (samples, batch size, k): the last group short and partial, k micro-batches with the last
 # partial, fewer samples than one batch. (A short group of full micro-batches: the MLP in
-# test_whole_call_xla_program_has_no_cond_and_leaves_a_short_group_to_the_graph.)
+# test_whole_call_xla_program_has_no_cond_and_runs_a_short_group_in_its_own_program.)
 _TAIL_LAYOUTS = [(41, 8, 4), (17, 8, 3), (3, 8, 2)]
 
 
