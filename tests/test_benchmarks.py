@@ -33,7 +33,7 @@ def _run(script, *args, timeout=600):
 
 @pytest.mark.parametrize("script", ["bench_peers.py", "peer_worker.py", "gpu_transformer.py",
                                     "run_all.py", "diagnose_cnn.py", "diagnose_fit.py",
-                                    "bench_mfu.py"])
+                                    "diagnose_kernels.py", "bench_mfu.py"])
 def test_help(script):
     result = _run(script, "--help", timeout=60)
     assert result.returncode == 0, result.stderr
@@ -91,6 +91,19 @@ def test_diagnose_fit_splits_each_call_into_its_parts():
                 ("before the first step", "inside the step calls", "other"))
     assert parts == pytest.approx(whole, rel=0.5)  # medians of parts: near, not equal
     assert "before the first step, every call (ms):" in result.stdout
+
+
+def test_diagnose_kernels_splits_the_xla_program_into_dots_other_kernels_and_gaps():
+    result = _run("diagnose_kernels.py", "--samples", "256", "--batch", "32", "--epochs", "1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2])
+            for line in result.stdout.splitlines() if line.startswith("| ")
+            and line.split("|")[2].strip().replace(".", "").isdigit()}
+    span = rows["span of the program's kernels"]
+    assert span > 0.0 and rows["dots (lower bound)"] > 0.0
+    assert rows["untraced"] >= 0.0
+    assert rows["dots (lower bound)"] + rows["other kernels"] + rows["untraced"] >= span * 0.99
+    assert any(name.startswith("MatMul") for name in rows)  # the per-kernel rows
 
 
 def test_bench_mfu_times_the_matmuls_alone_as_graph_ops_and_inside_xla():
