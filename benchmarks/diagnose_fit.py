@@ -23,15 +23,13 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import peer_worker  # noqa: E402  (a script beside this one)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="mlp", choices=("mlp", "cnn", "transformer"))
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--samples", type=int, default=None,
-                   help="training samples (default: the model's full size)")
-    p.add_argument("--epochs", type=int, default=2, help="epochs per fit call")
+    peer_worker.add_run_arguments(p)
     p.add_argument("--fits", type=int, default=10, help="timed fit calls after the warm-up")
     return p.parse_args(argv)
 
@@ -83,11 +81,8 @@ def table(results, samples):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, HERE)
-    import peer_worker
 
-    runner = peer_worker.Runner("eb", args.model, args.batch, args.samples, args.epochs)
-    runner.fit(args.epochs)  # warm-up: builds, traces, compiles
+    runner = peer_worker.warmed_eb_runner(args)
     results = timed_fits(runner, args.epochs, args.fits)
     print(f"## eb.fit on the host: {args.model}, batch {args.batch}, {args.epochs} epochs "
           f"of {len(runner.x)} samples, {args.fits} calls")

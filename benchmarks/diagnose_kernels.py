@@ -29,6 +29,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import peer_worker  # noqa: E402  (a script beside this one)
 # An XLA kernel's event carries its HLO instruction's name (`MatMul.78`, `add_fusion.3`);
 # the runtime's and TensorFlow's own scopes are C++ names (`ThunkExecutor::Execute`,
 # `ExecutorState::Process`) or TF ops (`name:Type`), and these few plain words.
@@ -38,11 +40,8 @@ _HOST_WORDS = {"BlockUntilReady"}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="mlp", choices=("mlp", "cnn", "transformer"))
-    p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--samples", type=int, default=None,
-                   help="training samples (default: the model's full size)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs of the profiled call")
+    peer_worker.add_run_arguments(p, batch=1024, epochs=4,
+                                  epochs_help="epochs of the profiled call")
     p.add_argument("--rows", type=int, default=12, help="kernels listed by time")
     return p.parse_args(argv)
 
@@ -108,12 +107,9 @@ def table(events, steps, rows):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, HERE)
-    import peer_worker
     import tensorflow as tf
 
-    runner = peer_worker.Runner("eb", args.model, args.batch, args.samples, args.epochs)
-    runner.fit(args.epochs)  # warm-up: builds, traces, compiles
+    runner = peer_worker.warmed_eb_runner(args)
     logdir = tempfile.mkdtemp(prefix="eb_kernels_")
     try:
         tf.profiler.experimental.start(logdir)

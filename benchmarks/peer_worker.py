@@ -36,16 +36,29 @@ CONTENDERS = {
 JAX_CONTENDERS = tuple(name for name, (backend, _, _) in CONTENDERS.items() if backend == "jax")
 
 
+def add_run_arguments(p, batch=32, epochs=2, epochs_help="epochs per fit call"):
+    """The flags naming one run of a model: --model, --batch, --samples, --epochs."""
+    p.add_argument("--model", default="mlp", choices=("mlp", "cnn", "transformer"))
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--samples", type=int, default=None,
+                   help="training samples (default: the model's full size)")
+    p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+
+
+def warmed_eb_runner(args):
+    """eb's Runner for the run `args` names (add_run_arguments), after one warm-up call
+    (it builds, traces and compiles)."""
+    runner = Runner("eb", args.model, args.batch, args.samples, args.epochs)
+    runner.fit(args.epochs)
+    return runner
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--contender", required=True, choices=sorted(CONTENDERS))
     p.add_argument("--serve", action="store_true",
                    help="answer JSON requests from stdin instead of running --rounds")
-    p.add_argument("--model", default="mlp", choices=("mlp", "cnn", "transformer"))
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--samples", type=int, default=None,
-                   help="training samples (default: the model's full size)")
-    p.add_argument("--epochs", type=int, default=2, help="epochs per fit call")
+    add_run_arguments(p)
     p.add_argument("--accumulate", type=int, default=1,
                    help="accumulate_gradients (eb only)")
     p.add_argument("--rounds", type=int, default=3, help="timed fit calls after the warm-up")
