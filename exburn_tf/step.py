@@ -20,7 +20,7 @@ Only the call's metric vector crosses to the host, once per call.
 
 XLA (`jit_compile`, array data on one device): the same step, traced as one XLA program
 per call (`whole_call_xla`) or per optimizer step called from the graph's loop (`step_xla`,
-for convolutions), over groups of full micro-batches only, so without a `tf.cond`. The
+for convolutions whose gradients `conv_gradients` does not cover), over groups of full micro-batches only, so without a `tf.cond`. The
 guard: the whole call's loop leaves before a step that must not be applied, which alone
 takes a select-guarded update; the per-step program selects. The epoch's last group, when
 it is short or holds the partial last batch, is an XLA program of its own, traced for its
@@ -33,6 +33,7 @@ gradient and the finite check / update can sit inside a `tf.cond` (a cond around
 `merge_call` is not allowed in a replica context).
 """
 
+import contextlib
 import dataclasses
 import warnings
 from typing import Any
@@ -41,6 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from exburn_tf import conv_gradients
 from exburn_tf import gradients as gradients_lib
 from exburn_tf import losses as losses_lib
 from exburn_tf import metrics as metrics_lib
@@ -180,7 +182,7 @@ class StepConfig:
             computation.
         step_xla: with array data on one device, each optimizer step over a full group
             is one XLA computation called from the graph's loop (the form that suits
-            convolutions on CPU), as is the epoch's last group when it is short or
+            convolutions on CPU that `conv_gradients` does not cover), as is the epoch's last group when it is short or
             partial (its own static shapes).
         xla_fallback: an XLA program that XLA cannot compile gives way to the graph path
             (`jit_compile="auto"`); otherwise it is a ValueError.
@@ -352,7 +354,10 @@ class ForwardBackward:
             else:
                 objective_for_grads = objective
         if self.config.grad_method == "autodiff":
-            grads = tape.gradient(objective_for_grads, variables)
+            # In an XLA program, convolutions' gradients as XLA's CPU loops run them fast.
+            with (conv_gradients.canonical_conv_gradients() if self.static_batch_in_xla
+                  else contextlib.nullcontext()):
+                grads = tape.gradient(objective_for_grads, variables)
         else:
             # Finite differences need a deterministic forward: inference mode.
             mean_grads = numerical.gradients(

@@ -19,6 +19,7 @@ import tensorflow as tf
 from exburn_tf import cache as cache_lib
 from exburn_tf import checkpoint as checkpoint_lib
 from exburn_tf import callbacks as callbacks_lib
+from exburn_tf import conv_gradients
 from exburn_tf import data as data_lib
 from exburn_tf import gradients as gradients_lib
 from exburn_tf import mixed_precision
@@ -507,7 +508,8 @@ def _compiled_step(model, opts, schedule, strategy, in_graph_arrays=False):
 AUTO_XLA = {"CPU": True, "GPU": False}
 
 # Layers that XLA's CPU backend runs several times slower inside a loop: a model holding
-# one gets the per-step XLA program, called from the graph's loop, instead of the whole call.
+# one gets the per-step XLA program, called from the graph's loop, instead of the whole call
+# (unless `conv_gradients` writes all its convolutions' gradients in the form loops run fast).
 _LOOP_SLOW_LAYERS = tuple(getattr(keras.layers, name) for name in (
     "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
     "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
@@ -515,14 +517,17 @@ _LOOP_SLOW_LAYERS = tuple(getattr(keras.layers, name) for name in (
 
 
 def _has_loop_slow_layers(layers):
-    return any(isinstance(layer, _LOOP_SLOW_LAYERS) for layer in layers)
+    covered = conv_gradients.available()
+    return any(isinstance(layer, _LOOP_SLOW_LAYERS)
+               and not (covered and conv_gradients.covered_layer(layer)) for layer in layers)
 
 
 def _xla_programs(jit_compile, keras_model, in_graph_arrays):
     """(whole_call_xla, step_xla) of a fit: which XLA program runs array data on one device.
 
     `True` (or "auto" where `AUTO_XLA` says so): the whole call as one XLA computation,
-    or, for a model with convolutions, one XLA computation per optimizer step.
+    or, for a model with convolutions `conv_gradients` does not cover (strided, grouped,
+    channels first, transposed, depthwise, 3-D), one XLA computation per optimizer step.
     """
     if not in_graph_arrays or not jit_compile:
         return False, False

@@ -1,0 +1,168 @@
+"""The gradient of `Conv2D` written as forward convolutions, for XLA loops on CPU.
+
+TensorFlow's gradient of a `Conv2D` op is `Conv2DBackpropInput` and
+`Conv2DBackpropFilter`, which XLA lowers to convolutions with permuted dimension numbers
+(the filter gradient takes the channels as its batch). XLA's CPU backend hands a
+convolution to Eigen only in the canonical form (input NHWC, kernel HWIO), and the pass
+that rewrites the others into that form (`ConvCanonicalization`) visits the entry
+computation only: inside a `while` loop the backward convolutions stay in TensorFlow's
+form and run as plain loops, several times slower. So a model with convolutions could not
+run its steps as one XLA loop.
+
+`canonical_conv_gradients()` makes the tape build, while the caller traces, the same
+gradients as canonical convolutions and explicit transposes, which is what that pass
+would have built. In XLA the gradients equal TensorFlow's bit for bit
+(tests/test_conv_gradients.py); a loop over them runs at the speed of the per-step
+program or faster (docs/performance.md).
+
+Covered: `Conv2D` ops (Keras' `Conv1D` and `Conv2D` on TensorFlow) in NHWC with unit
+strides, any dilation, "SAME", "VALID" or explicit padding up to the dilated kernel's
+size less one, one group, static shapes. Any other `Conv2D` keeps TensorFlow's gradient,
+and so does every one where a GPU computes. The switch is per thread: another thread
+tracing meanwhile gets TensorFlow's gradient.
+"""
+
+import contextlib
+import threading
+
+import keras
+import tensorflow as tf
+
+_state = threading.local()
+_installed = {}  # "original": TensorFlow's gradient function of Conv2D, once installed
+_install_lock = threading.Lock()
+
+
+def _registry():
+    """TensorFlow's gradient registry's dict (private: None where it is laid out otherwise)."""
+    try:
+        from tensorflow.python.framework import ops
+        registry = ops._gradient_registry._registry  # pylint: disable=protected-access
+        entry = registry["Conv2D"]
+        if isinstance(entry, dict) and "type" in entry and callable(entry["type"]):
+            return registry
+    except (ImportError, AttributeError, KeyError, TypeError):
+        pass
+    return None
+
+
+def available():
+    """Whether the swap applies here: XLA's CPU backend computes (on a GPU, XLA hands
+    every convolution layout to cuDNN), and this TensorFlow's private registry lets it."""
+    if tf.config.list_logical_devices("GPU"):
+        return False
+    return "original" in _installed or _registry() is not None
+
+
+def _install():
+    with _install_lock:
+        if "original" in _installed:
+            return True
+        registry = _registry()
+        if registry is None:
+            return False
+        original = registry["Conv2D"]["type"]
+        _installed["original"] = original
+
+        def gradient(op, grad):
+            if getattr(_state, "active", 0) and _supported(op, grad):
+                return _canonical_gradient(op, grad)
+            return original(op, grad)
+
+        registry["Conv2D"] = dict(registry["Conv2D"], type=gradient)
+        return True
+
+
+@contextlib.contextmanager
+def canonical_conv_gradients():
+    """While active (in this thread), the tape writes Conv2D's gradient canonically;
+    where `available()` is False, nothing changes."""
+    if not available() or not _install():
+        yield False
+        return
+    _state.active = getattr(_state, "active", 0) + 1
+    try:
+        yield True
+    finally:
+        _state.active -= 1
+
+
+def _attr(op, name):
+    value = op.get_attr(name)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _padding(op, in_sizes, dilated):
+    """(low, high) padding of the two spatial dimensions, or None when not covered."""
+    padding = _attr(op, "padding")
+    if padding == "VALID":
+        return [(0, 0), (0, 0)]
+    if padding == "SAME":  # unit strides: the dilated kernel's size less one, low half first
+        return [((k - 1) // 2, (k - 1) - (k - 1) // 2) for k in dilated]
+    if padding == "EXPLICIT":
+        explicit = list(op.get_attr("explicit_paddings"))
+        if len(explicit) != 8 or any(explicit[i] for i in (0, 1, 6, 7)):
+            return None
+        pads = [(explicit[2], explicit[3]), (explicit[4], explicit[5])]
+        if all(0 <= p <= k - 1 for (lo, hi), k in zip(pads, dilated) for p in (lo, hi)):
+            return pads
+    return None
+
+
+def _shapes(op, grad):
+    shapes = [t.shape for t in (op.inputs[0], op.inputs[1], grad)]
+    if any(s.rank != 4 or not s.is_fully_defined() for s in shapes):
+        return None
+    return [s.as_list() for s in shapes]
+
+
+def _supported(op, grad):
+    try:
+        if _attr(op, "data_format") != "NHWC" or list(op.get_attr("strides")) != [1] * 4:
+            return False
+        dilations = list(op.get_attr("dilations"))
+    except (ValueError, TypeError, AttributeError):
+        return False
+    shapes = _shapes(op, grad)
+    if shapes is None or dilations[0] != 1 or dilations[3] != 1:
+        return False
+    x_shape, k_shape, _ = shapes
+    if k_shape[2] != x_shape[3]:  # grouped
+        return False
+    dilated = [(k - 1) * d + 1 for k, d in zip(k_shape[:2], dilations[1:3])]
+    return _padding(op, x_shape[1:3], dilated) is not None
+
+
+def _canonical_gradient(op, grad):
+    """[d input, d kernel] of a unit-stride NHWC Conv2D, as forward (canonical) convs."""
+    x, kernel = op.inputs[0], op.inputs[1]
+    (_, h, w, _), (kh, kw, _, _), (_, oh, ow, _) = _shapes(op, grad)
+    dilations = list(op.get_attr("dilations"))
+    rate = [1, dilations[1], dilations[2], 1]
+    dilated = [(kh - 1) * rate[1] + 1, (kw - 1) * rate[2] + 1]
+    pads = _padding(op, [h, w], dilated)
+    # d input: dy padded to the "full" convolution with the kernel flipped in space and its
+    # input and output channels swapped (HWIO with I = the op's O).
+    flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
+    low = [k - 1 - lo for k, (lo, _) in zip(dilated, pads)]
+    high = [size - out + lo for size, out, (lo, _) in zip((h, w), (oh, ow), pads)]
+    d_input = tf.nn.conv2d(grad, flipped, 1, [[0, 0], [low[0], high[0]], [low[1], high[1]],
+                                              [0, 0]], dilations=rate)
+    # d kernel: the channels as the batch, the samples as the features (input C,H,W,N;
+    # kernel OH,OW,N,O); the forward dilation is the stride; out C,KH,KW,O, then HWIO.
+    d_kernel = tf.nn.conv2d(
+        tf.transpose(x, [3, 1, 2, 0]), tf.transpose(grad, [1, 2, 0, 3]), rate,
+        [[0, 0], [pads[0][0], dilated[0] + oh - 1 - h - pads[0][0]],
+         [pads[1][0], dilated[1] + ow - 1 - w - pads[1][0]], [0, 0]])
+    return [d_input, tf.transpose(d_kernel, [1, 2, 0, 3])]
+
+
+def covered_layer(layer):
+    """Whether a Keras layer's convolutions are all ones `canonical_conv_gradients` covers:
+    `Conv1D` / `Conv2D` with unit strides, one group, channels last."""
+    if not isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D)):
+        return False
+    strides = layer.strides if isinstance(layer.strides, (tuple, list)) else (layer.strides,)
+    return (all(s == 1 for s in strides) and getattr(layer, "groups", 1) == 1
+            and getattr(layer, "data_format", "channels_last") == "channels_last"
+            and str(getattr(layer, "padding", "valid")).lower() in ("same", "valid", "causal"))
