@@ -12,14 +12,15 @@ run its steps as one XLA loop.
 `canonical_conv_gradients()` makes the tape build, while the caller traces, the same
 gradients as canonical convolutions and explicit transposes, which is what that pass
 would have built. In XLA the gradients equal TensorFlow's bit for bit
+where the strides are 1, and to float rounding where they are not
 (tests/test_conv_gradients.py); a loop over them runs at the speed of the per-step
 program or faster (docs/performance.md).
 
-Covered: `Conv2D` ops (Keras' `Conv1D` and `Conv2D` on TensorFlow) in NHWC with unit
-strides, any dilation, "SAME", "VALID" or explicit padding up to the dilated kernel's
-size less one, one group, static shapes. Any other `Conv2D` keeps TensorFlow's gradient,
-and so does every one where a GPU computes. The switch is per thread: another thread
-tracing meanwhile gets TensorFlow's gradient.
+Covered: `Conv2D` ops (Keras' `Conv1D` and `Conv2D` on TensorFlow) in NHWC, with per
+spatial dimension a stride or a dilation (Keras allows no layer both), "SAME", "VALID" or
+explicit padding up to the dilated kernel's size less one, one group, static shapes. Any
+other `Conv2D` keeps TensorFlow's gradient, and so does every one where a GPU computes.
+The switch is per thread: another thread tracing meanwhile gets TensorFlow's gradient.
 """
 
 import contextlib
@@ -92,13 +93,17 @@ def _attr(op, name):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _padding(op, in_sizes, dilated):
+def _padding(op, in_sizes, dilated, strides):
     """(low, high) padding of the two spatial dimensions, or None when not covered."""
     padding = _attr(op, "padding")
     if padding == "VALID":
         return [(0, 0), (0, 0)]
-    if padding == "SAME":  # unit strides: the dilated kernel's size less one, low half first
-        return [((k - 1) // 2, (k - 1) - (k - 1) // 2) for k in dilated]
+    if padding == "SAME":  # TensorFlow's: the low half of what the last window needs
+        pads = []
+        for size, k, s in zip(in_sizes, dilated, strides):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        return pads
     if padding == "EXPLICIT":
         explicit = list(op.get_attr("explicit_paddings"))
         if len(explicit) != 8 or any(explicit[i] for i in (0, 1, 6, 7)):
@@ -116,53 +121,93 @@ def _shapes(op, grad):
     return [s.as_list() for s in shapes]
 
 
-def _supported(op, grad):
+def _geometry(op, grad):
+    """(shapes, strides, dilations, dilated kernel sizes, pads) of a covered op, else None:
+    NHWC, one group, static shapes, per spatial dimension a stride or a dilation (not
+    both above 1), padding within the dilated kernel's size less one."""
     try:
-        if _attr(op, "data_format") != "NHWC" or list(op.get_attr("strides")) != [1] * 4:
-            return False
+        if _attr(op, "data_format") != "NHWC":
+            return None
+        strides = list(op.get_attr("strides"))
         dilations = list(op.get_attr("dilations"))
     except (ValueError, TypeError, AttributeError):
-        return False
+        return None
     shapes = _shapes(op, grad)
-    if shapes is None or dilations[0] != 1 or dilations[3] != 1:
-        return False
+    if (shapes is None or strides[0] != 1 or strides[3] != 1 or dilations[0] != 1
+            or dilations[3] != 1):
+        return None
+    strides, dilations = strides[1:3], dilations[1:3]
+    if any(s > 1 and d > 1 for s, d in zip(strides, dilations)):
+        return None
     x_shape, k_shape, _ = shapes
     if k_shape[2] != x_shape[3]:  # grouped
-        return False
-    dilated = [(k - 1) * d + 1 for k, d in zip(k_shape[:2], dilations[1:3])]
-    return _padding(op, x_shape[1:3], dilated) is not None
+        return None
+    dilated = [(k - 1) * d + 1 for k, d in zip(k_shape[:2], dilations)]
+    pads = _padding(op, x_shape[1:3], dilated, strides)
+    if pads is None:
+        return None
+    return shapes, strides, dilations, dilated, pads
+
+
+def _supported(op, grad):
+    return _geometry(op, grad) is not None
+
+
+def _interleave(t, axis, stride):
+    """`t` with stride - 1 zeros between its entries along `axis` (an input dilation)."""
+    if stride == 1:
+        return t
+    size = t.shape[axis]
+    t = tf.expand_dims(t, axis + 1)
+    t = tf.pad(t, [[0, 0]] * (axis + 1) + [[0, stride - 1]] + [[0, 0]] * (3 - axis))
+    shape = t.shape.as_list()
+    shape = shape[:axis] + [size * stride] + shape[axis + 2:]
+    t = tf.reshape(t, shape)
+    shape[axis] = (size - 1) * stride + 1
+    return tf.slice(t, [0] * 4, shape)
 
 
 def _canonical_gradient(op, grad):
-    """[d input, d kernel] of a unit-stride NHWC Conv2D, as forward (canonical) convs."""
+    """[d input, d kernel] of a covered NHWC Conv2D, as forward (canonical) convs."""
     x, kernel = op.inputs[0], op.inputs[1]
-    (_, h, w, _), (kh, kw, _, _), (_, oh, ow, _) = _shapes(op, grad)
-    dilations = list(op.get_attr("dilations"))
-    rate = [1, dilations[1], dilations[2], 1]
-    dilated = [(kh - 1) * rate[1] + 1, (kw - 1) * rate[2] + 1]
-    pads = _padding(op, [h, w], dilated)
-    # d input: dy padded to the "full" convolution with the kernel flipped in space and its
-    # input and output channels swapped (HWIO with I = the op's O).
+    ((_, h, w, _), _, (_, oh, ow, _)), strides, dilations, dilated, pads = _geometry(op, grad)
+    sizes, outs = (h, w), (oh, ow)
+    # d input: dy, its entries spread by the stride, padded to the "full" convolution with
+    # the kernel flipped in space and its input and output channels swapped (HWIO, I = O).
     flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
+    spread = _interleave(_interleave(grad, 1, strides[0]), 2, strides[1])
     low = [k - 1 - lo for k, (lo, _) in zip(dilated, pads)]
-    high = [size - out + lo for size, out, (lo, _) in zip((h, w), (oh, ow), pads)]
-    d_input = tf.nn.conv2d(grad, flipped, 1, [[0, 0], [low[0], high[0]], [low[1], high[1]],
-                                              [0, 0]], dilations=rate)
+    high = [size - 1 - (out - 1) * s + lo
+            for size, out, s, (lo, _) in zip(sizes, outs, strides, pads)]
+    d_input = tf.nn.conv2d(spread, flipped, 1, [[0, 0], [low[0], high[0]],
+                                                [low[1], high[1]], [0, 0]],
+                           dilations=[1, *dilations, 1])
     # d kernel: the channels as the batch, the samples as the features (input C,H,W,N;
-    # kernel OH,OW,N,O); the forward dilation is the stride; out C,KH,KW,O, then HWIO.
+    # kernel OH,OW,N,O); the forward dilation is the window stride, the forward stride
+    # the kernel's dilation; out C,KH,KW,O, then HWIO. Rows no window reached are cut.
+    ends = [k + (out - 1) * s - lo for k, out, s, (lo, _) in zip(dilated, outs, strides, pads)]
+    x = x[:, :min(ends[0], h), :min(ends[1], w), :]
     d_kernel = tf.nn.conv2d(
-        tf.transpose(x, [3, 1, 2, 0]), tf.transpose(grad, [1, 2, 0, 3]), rate,
-        [[0, 0], [pads[0][0], dilated[0] + oh - 1 - h - pads[0][0]],
-         [pads[1][0], dilated[1] + ow - 1 - w - pads[1][0]], [0, 0]])
+        tf.transpose(x, [3, 1, 2, 0]), tf.transpose(grad, [1, 2, 0, 3]),
+        [1, *dilations, 1],
+        [[0, 0], [pads[0][0], max(ends[0] - h, 0)], [pads[1][0], max(ends[1] - w, 0)],
+         [0, 0]], dilations=[1, *strides, 1])
     return [d_input, tf.transpose(d_kernel, [1, 2, 0, 3])]
 
 
 def covered_layer(layer):
     """Whether a Keras layer's convolutions are all ones `canonical_conv_gradients` covers:
-    `Conv1D` / `Conv2D` with unit strides, one group, channels last."""
+    `Conv1D` / `Conv2D`, one group, channels last, per dimension a stride or a dilation."""
     if not isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D)):
         return False
-    strides = layer.strides if isinstance(layer.strides, (tuple, list)) else (layer.strides,)
-    return (all(s == 1 for s in strides) and getattr(layer, "groups", 1) == 1
+
+    def tuple_of(value):
+        return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+    strides, rates = tuple_of(layer.strides), tuple_of(layer.dilation_rate)
+    if len(rates) == 1:
+        rates = rates * len(strides)
+    return (not any(s > 1 and d > 1 for s, d in zip(strides, rates))
+            and getattr(layer, "groups", 1) == 1
             and getattr(layer, "data_format", "channels_last") == "channels_last"
             and str(getattr(layer, "padding", "valid")).lower() in ("same", "valid", "causal"))

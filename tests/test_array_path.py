@@ -424,7 +424,7 @@ def test_whole_call_xla_resumes_mid_epoch_bit_identical(tmp_path):
 @pytest.mark.auto_xla
 def test_jit_compile_auto_picks_the_xla_program_per_device_type_and_model(monkeypatch):
     """On CPU "auto" runs an XLA program: the whole call for a model without
-    convolutions or with unit-stride ones only, one XLA step per group for one with
+    convolutions or with `conv_gradients`' ones only, one XLA step per group for one with
     others; a device type the table turns off keeps the graph path; tf.data inputs keep
     it too."""
     from exburn_tf import training
@@ -437,7 +437,7 @@ def test_jit_compile_auto_picks_the_xla_program_per_device_type_and_model(monkey
     conv = eb.Model.compile(_conv_model(), loss="cross_entropy", optimizer="sgd")
     eb.fit(conv, (_signals(40), y), verbose=False, **options)
     assert _train_step(conv).step_xla and not _train_step(conv).whole_call_xla
-    unit = eb.Model.compile(_conv_model(strides=1), loss="cross_entropy", optimizer="sgd")
+    unit = eb.Model.compile(_conv_model(covered=True), loss="cross_entropy", optimizer="sgd")
     eb.fit(unit, (_signals(40), y), verbose=False, **options)
     assert _train_step(unit).whole_call_xla and not _train_step(unit).step_xla
     streamed = compiled()
@@ -452,13 +452,17 @@ def test_jit_compile_auto_picks_the_xla_program_per_device_type_and_model(monkey
 # -- a model with convolutions: one XLA computation per optimizer step --------------------
 
 
-def _conv_model(seed=0, strides=2):
-    """A CNN; strided (the default), its gradient keeps TensorFlow's form: the per-step
-    program. With unit strides (`conv_gradients`), the whole call."""
+def _conv_model(seed=0, covered=False):
+    """A CNN. Depthwise (the default), its gradient keeps TensorFlow's form: the per-step
+    program. `covered`, Conv1Ds (one strided) whose gradients `conv_gradients` writes:
+    the whole call."""
     keras.utils.set_random_seed(seed)
+    convs = ([keras.layers.Conv1D(4, 3, padding="same", use_bias=False),
+              keras.layers.Conv1D(4, 3, strides=2, padding="same")] if covered else
+             [keras.layers.DepthwiseConv1D(3, depth_multiplier=4, padding="same",
+                                           use_bias=False)])
     return keras.Sequential([
-        keras.Input((8, 1)),
-        keras.layers.Conv1D(4, 3, strides=strides, padding="same", use_bias=False),
+        keras.Input((8, 1)), *convs,
         keras.layers.BatchNormalization(), keras.layers.ReLU(),
         keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(4)])
 
@@ -467,8 +471,8 @@ def _signals(n, seed=2):
     return np.random.RandomState(seed).randn(n, 8, 1).astype("float32")
 
 
-def _conv_fit(jit_compile, x, y, strides=2, **options):
-    model = eb.Model.compile(_conv_model(strides=strides), loss="cross_entropy",
+def _conv_fit(jit_compile, x, y, covered=False, **options):
+    model = eb.Model.compile(_conv_model(covered=covered), loss="cross_entropy",
                              optimizer=eb.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
     eb.fit(model, (x, y), verbose=False, jit_compile=jit_compile, **options)
     return model, _train_step(model)
@@ -511,21 +515,21 @@ def test_the_per_step_xla_program_matches_the_graph_path_with_one_trace(monkeypa
     for function in (calls[0], tails[0][1]):
         (concrete,) = function._list_all_concrete_functions()
         types = _op_types(concrete)
-        assert "Conv2D" in types
+        assert "DepthwiseConv2dNative" in types
         assert not types & {"While", "StatelessWhile", "If", "StatelessIf"}
 
 
-def test_a_unit_stride_cnn_runs_the_whole_call_xla_loop_as_the_graph_path():
-    """Unit-stride convolutions' gradients are written as forward convolutions
+def test_a_cnn_runs_the_whole_call_xla_loop_as_the_graph_path():
+    """Conv1D / Conv2D gradients are written as forward convolutions
     (`conv_gradients`), the form XLA's CPU loops run fast: the CNN's steps run inside the
     whole call's XLA loop, with no backprop convolution anywhere in it, giving the graph
     path's steps, BatchNorm statistics and weights to float rounding, identical reruns and
     one trace per static shape."""
     x, y = _signals(51), classification_data(51)[1]  # 6 batches of 8 and one of 3; k=2
     options = dict(FULL_OPTIONS, batch_size=8, accumulate_gradients=2)
-    graph, _ = _conv_fit(False, x, y, strides=1, **options)
-    xla, step = _conv_fit(True, x, y, strides=1, **options)
-    again, _ = _conv_fit(True, x, y, strides=1, **options)
+    graph, _ = _conv_fit(False, x, y, covered=True, **options)
+    xla, step = _conv_fit(True, x, y, covered=True, **options)
+    again, _ = _conv_fit(True, x, y, covered=True, **options)
     assert step.whole_call_xla and not step.step_xla and step.trace_count == 2
     assert step._array_function.experimental_get_tracing_count() == 0
     assert xla.step == graph.step == 12
@@ -537,13 +541,13 @@ def test_a_unit_stride_cnn_runs_the_whole_call_xla_loop_as_the_graph_path():
     assert not {"Conv2DBackpropInput", "Conv2DBackpropFilter"} & set(counts)
 
 
-def test_a_unit_stride_cnn_resumes_mid_epoch_bit_identical_on_the_whole_call(tmp_path):
+def test_a_cnn_resumes_mid_epoch_bit_identical_on_the_whole_call(tmp_path):
     """SIGTERM mid-epoch and resume on the whole call's XLA loop, for the CNN: the weights
     and BatchNorm statistics of the uninterrupted run, bit for bit."""
     x, y = _signals(51), classification_data(51)[1]
     options = dict(FULL_OPTIONS, batch_size=8, checkpoint_unit="step", checkpoint_every=2,
                    steps_per_execution=1)
-    whole, step = _conv_fit(True, x, y, strides=1, checkpoint_dir=str(tmp_path / "whole"),
+    whole, step = _conv_fit(True, x, y, covered=True, checkpoint_dir=str(tmp_path / "whole"),
                             **options)
     assert step.whole_call_xla
 
@@ -556,9 +560,9 @@ def test_a_unit_stride_cnn_resumes_mid_epoch_bit_identical_on_the_whole_call(tmp
             return metrics
 
     with pytest.raises(eb.Preempted):
-        _conv_fit(True, x, y, strides=1, checkpoint_dir=str(tmp_path / "cut"),
+        _conv_fit(True, x, y, covered=True, checkpoint_dir=str(tmp_path / "cut"),
                   callbacks=[TermAt()], **options)
-    resumed, _ = _conv_fit(True, x, y, strides=1, checkpoint_dir=str(tmp_path / "cut"),
+    resumed, _ = _conv_fit(True, x, y, covered=True, checkpoint_dir=str(tmp_path / "cut"),
                            resume=True, **options)
     assert resumed.step == whole.step
     for a, b in zip(weights(whole), weights(resumed)):
@@ -584,8 +588,8 @@ _TAIL_LAYOUTS = [(41, 8, 4), (17, 8, 3), (3, 8, 2)]
 def test_the_last_group_in_xla_matches_the_graph_path_on_both_programs(samples, batch_size,
                                                                       k):
     """The epoch's last group, whatever its layout, is an XLA program (the whole-call
-    path's host call for the MLP and the unit-stride CNN, the per-step loop's branch for
-    the strided CNN) giving the graph
+    path's host call for the MLP and the Conv1D CNN, the per-step loop's branch for
+    the depthwise CNN) giving the graph
     path's steps, accuracy and weights to float rounding, with sample weights."""
     rng = np.random.RandomState(samples)
     w = rng.rand(samples).astype("float32")
@@ -600,8 +604,8 @@ def test_the_last_group_in_xla_matches_the_graph_path_on_both_programs(samples, 
     graph_conv, _ = _conv_fit(False, signals, y, **options)
     xla_conv, conv_step = _conv_fit(True, signals, y, **options)
     assert conv_step.step_xla
-    graph_unit, _ = _conv_fit(False, signals, y, strides=1, **options)
-    xla_unit, unit_step = _conv_fit(True, signals, y, strides=1, **options)
+    graph_unit, _ = _conv_fit(False, signals, y, covered=True, **options)
+    xla_unit, unit_step = _conv_fit(True, signals, y, covered=True, **options)
     assert unit_step.whole_call_xla and len(unit_step._tail_functions) == 1
     steps_per_epoch = math.ceil(math.ceil(samples / batch_size) / k)
     for a_run, b_run in ((graph, xla), (graph_conv, xla_conv), (graph_unit, xla_unit)):

@@ -9,22 +9,29 @@ import tensorflow as tf
 
 from exburn_tf import conv_gradients
 
-# (input NHWC, kernel HWIO, padding, dilations): what Keras' Conv1D / Conv2D emit.
+# (input NHWC, kernel HWIO, padding, strides, dilations): what Keras' Conv1D / Conv2D emit.
 _CASES = [
-    ((4, 1, 16, 3), (1, 3, 3, 5), "SAME", (1, 1)),       # Conv1D, "same"
-    ((4, 1, 16, 3), (1, 3, 3, 5), "VALID", (1, 1)),      # Conv1D, "valid"
-    ((4, 1, 17, 2), (1, 4, 2, 3), "SAME", (1, 2)),       # even kernel, dilated
-    ((3, 9, 8, 2), (3, 3, 2, 4), "SAME", (1, 1)),        # Conv2D
-    ((3, 9, 8, 2), (2, 3, 2, 4), "VALID", (2, 1)),       # Conv2D, dilated in height
-    ((3, 9, 8, 2), (3, 3, 2, 4), [[0, 0], [2, 0], [1, 1], [0, 0]], (1, 1)),  # explicit
+    ((4, 1, 16, 3), (1, 3, 3, 5), "SAME", (1, 1), (1, 1)),       # Conv1D, "same"
+    ((4, 1, 16, 3), (1, 3, 3, 5), "VALID", (1, 1), (1, 1)),      # Conv1D, "valid"
+    ((4, 1, 17, 2), (1, 4, 2, 3), "SAME", (1, 1), (1, 2)),       # even kernel, dilated
+    ((3, 9, 8, 2), (3, 3, 2, 4), "SAME", (1, 1), (1, 1)),        # Conv2D
+    ((3, 9, 8, 2), (2, 3, 2, 4), "VALID", (1, 1), (2, 1)),       # Conv2D, dilated in height
+    ((3, 9, 8, 2), (3, 3, 2, 4), [[0, 0], [2, 0], [1, 1], [0, 0]], (1, 1), (1, 1)),
+    ((4, 1, 16, 3), (1, 3, 3, 5), "SAME", (1, 2), (1, 1)),       # Conv1D, strided
+    ((4, 1, 17, 3), (1, 4, 3, 2), "SAME", (1, 3), (1, 1)),       # odd size, stride 3
+    ((4, 1, 18, 3), (1, 3, 3, 2), "VALID", (1, 4), (1, 1)),      # rows no window reaches
+    ((3, 9, 8, 2), (3, 3, 2, 4), "SAME", (2, 2), (1, 1)),        # ResNet's downsampling
+    ((3, 9, 8, 2), (3, 2, 2, 4), "VALID", (2, 1), (1, 2)),       # stride in H, dilation in W
+    ((3, 9, 8, 2), (3, 3, 2, 4), [[0, 0], [1, 1], [0, 2], [0, 0]], (2, 3), (1, 1)),
 ]
 
 
-def _grads(x, kernel, padding, dilations, canonical, jit):
+def _grads(x, kernel, padding, strides, dilations, canonical, jit):
     def run(x, kernel):
         with tf.GradientTape() as tape:
             tape.watch([x, kernel])
-            out = tf.nn.conv2d(x, kernel, 1, padding, dilations=[1, *dilations, 1])
+            out = tf.nn.conv2d(x, kernel, [1, *strides, 1], padding,
+                               dilations=[1, *dilations, 1])
             loss = tf.reduce_sum(out * tf.sin(out))
         with conv_gradients.canonical_conv_gradients() if canonical else _null():
             return tape.gradient(loss, [x, kernel])
@@ -46,24 +53,27 @@ def _data(x_shape, k_shape, seed=0):
             tf.constant(rng.randn(*k_shape).astype("float32")))
 
 
-@pytest.mark.parametrize("x_shape,k_shape,padding,dilations", _CASES)
-def test_canonical_gradient_equals_tensorflows(x_shape, k_shape, padding, dilations):
-    """In XLA the canonical gradients equal TensorFlow's bit for bit (the form XLA's own
-    canonicalisation gives them); on the graph path, to float rounding."""
+@pytest.mark.parametrize("x_shape,k_shape,padding,strides,dilations", _CASES)
+def test_canonical_gradient_equals_tensorflows(x_shape, k_shape, padding, strides,
+                                               dilations):
+    """In XLA the canonical gradients equal TensorFlow's bit for bit where the strides are
+    1 (the form XLA's own canonicalisation gives them), to float rounding where strided;
+    on the graph path (unit strides), to float rounding."""
     x, kernel = _data(x_shape, k_shape)
-    for jit in (True, False):
-        ours = _grads(x, kernel, padding, dilations, canonical=True, jit=jit)
-        theirs = _grads(x, kernel, padding, dilations, canonical=False, jit=jit)
+    strided = strides != (1, 1)
+    for jit in (True,) if strided else (True, False):
+        ours = _grads(x, kernel, padding, strides, dilations, canonical=True, jit=jit)
+        theirs = _grads(x, kernel, padding, strides, dilations, canonical=False, jit=jit)
         for a, b in zip(ours, theirs):
             assert a.shape == b.shape
-            if jit:
+            if jit and not strided:
                 np.testing.assert_array_equal(a, b)
             else:
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def _backward_op_types(canonical, strides=1, data_format="NHWC"):
-    x, kernel = _data((2, 1, 8, 3), (1, 3, 3, 4))
+def _backward_op_types(canonical, strides=1, data_format="NHWC", groups=1):
+    x, kernel = _data((2, 1, 8, 2 * groups), (1, 3, 2, 4))
     if data_format == "NCHW":
         x = tf.transpose(x, [0, 3, 1, 2])
 
@@ -83,7 +93,8 @@ def test_only_covered_convolutions_inside_the_context_get_forward_convolutions()
     backprop = {"Conv2DBackpropInput", "Conv2DBackpropFilter"}
     assert not _backward_op_types(canonical=True) & backprop
     assert _backward_op_types(canonical=False) >= backprop
-    assert _backward_op_types(canonical=True, strides=2) >= backprop   # strided: TF's
+    assert not _backward_op_types(canonical=True, strides=2) & backprop
+    assert _backward_op_types(canonical=True, groups=2) >= backprop   # grouped: TF's
     assert _backward_op_types(canonical=True, data_format="NCHW") >= backprop
 
 
@@ -108,13 +119,13 @@ def test_the_switch_is_per_thread():
     assert {"Conv2DBackpropInput", "Conv2DBackpropFilter"} <= seen["other"]
 
 
-def test_covered_layers_are_unit_stride_single_group_channels_last_convolutions():
+def test_covered_layers_are_single_group_channels_last_convolutions():
     covered = conv_gradients.covered_layer
     assert covered(keras.layers.Conv1D(4, 3, padding="same"))
     assert covered(keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2))
     assert covered(keras.layers.Conv2D(4, 3))
-    assert not covered(keras.layers.Conv1D(4, 3, strides=2))
-    assert not covered(keras.layers.Conv2D(4, 3, strides=(1, 2)))
+    assert covered(keras.layers.Conv1D(4, 3, strides=2))
+    assert covered(keras.layers.Conv2D(4, 3, strides=(1, 2)))
     assert not covered(keras.layers.Conv1D(4, 3, groups=2))
     assert not covered(keras.layers.Conv2D(4, 3, data_format="channels_first"))
     assert not covered(keras.layers.Conv2DTranspose(4, 3))
