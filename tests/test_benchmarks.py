@@ -70,13 +70,14 @@ def test_unknown_contender_is_an_error_naming_it():
 def test_diagnose_cnn_times_the_tensorflow_forms():
     """The CNN limit diagnostic runs each form in its own process and tables a figure for
     every form that can run here (JAX only where installed)."""
-    forms = "tf_xla_from_graph,tf_graph" + (",jax" if HAS_JAX else "")
+    forms = "tf_xla_loop,tf_xla_from_graph,tf_graph" + (",jax" if HAS_JAX else "")
     result = _run("diagnose_cnn.py", "--quick", "--steps", "5", "--forms", forms)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     for form in forms.split(","):
         (row,) = [line for line in result.stdout.splitlines() if line.startswith(f"| {form} |")]
         assert float(row.split("|")[2]) > 0.0
     assert ("jax / tf_xla_from_graph" in result.stdout) == HAS_JAX
+    assert ("jax / tf_xla_loop" in result.stdout) == HAS_JAX
 
 
 def test_diagnose_fit_splits_each_call_into_its_parts():
