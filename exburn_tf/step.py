@@ -20,9 +20,10 @@ Only the call's metric vector crosses to the host, once per call.
 
 XLA (`jit_compile`, array data on one device): the same step, traced as one XLA program
 per call (`whole_call_xla`) or per optimizer step called from the graph's loop (`step_xla`,
-for convolutions whose gradients `conv_gradients` does not cover), over groups of full micro-batches only, so without a `tf.cond`. The
-guard: the whole call's loop leaves before a step that must not be applied, which alone
-takes a select-guarded update; the per-step program selects. The epoch's last group, when
+for convolutions whose gradients `conv_gradients` does not cover), over groups of full
+micro-batches only, so without a `tf.cond`. The guard: the whole call's loop leaves
+before a step that must not be applied, which alone takes a select-guarded update; the
+per-step program selects. The epoch's last group, when
 it is short or holds the partial last batch, is an XLA program of its own, traced for its
 static shapes (`tail_group`); padding it instead would change batch statistics such as
 BatchNorm's. A group anywhere else that is not full (a budget cuts it) runs in the graph.
@@ -182,8 +183,8 @@ class StepConfig:
             computation.
         step_xla: with array data on one device, each optimizer step over a full group
             is one XLA computation called from the graph's loop (the form that suits
-            convolutions on CPU that `conv_gradients` does not cover), as is the epoch's last group when it is short or
-            partial (its own static shapes).
+            convolutions on CPU that `conv_gradients` does not cover), as is the
+            epoch's last group when it is short or partial (its own static shapes).
         xla_fallback: an XLA program that XLA cannot compile gives way to the graph path
             (`jit_compile="auto"`); otherwise it is a ValueError.
         grad_method: "autodiff" (GradientTape) or a finite-difference method of

@@ -527,7 +527,8 @@ def _xla_programs(jit_compile, keras_model, in_graph_arrays):
 
     `True` (or "auto" where `AUTO_XLA` says so): the whole call as one XLA computation,
     or, for a model with convolutions `conv_gradients` does not cover (grouped,
-    channels first, transposed, depthwise, separable, 3-D), one XLA computation per optimizer step.
+    channels first, transposed, depthwise, separable, 3-D), one XLA computation per
+    optimizer step.
     """
     if not in_graph_arrays or not jit_compile:
         return False, False
