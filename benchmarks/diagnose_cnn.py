@@ -102,24 +102,15 @@ def _tf_step(model, loss_fn, x, y, form):
             variable.assign_sub(0.01 * grad)
         return value
 
-    if form.startswith("tf_xla_loop"):
-        @tf.function(jit_compile=True)
-        def xla_loop(steps):
-            i = tf.constant(0)
-            while i < steps:
-                one()
-                i += 1
-            return i
+    # The steps inside one XLA loop, or a graph loop calling the step (XLA or graph).
+    in_xla_loop = form.startswith("tf_xla_loop")
+    step = one if in_xla_loop else tf.function(one, jit_compile=form == "tf_xla_from_graph")
 
-        return lambda steps: int(xla_loop(tf.constant(steps)))
-
-    inner = tf.function(one, jit_compile=form == "tf_xla_from_graph")
-
-    @tf.function
+    @tf.function(jit_compile=in_xla_loop)
     def loop(steps):
         i = tf.constant(0)
         while i < steps:
-            inner()
+            step()
             i += 1
         return i
 
