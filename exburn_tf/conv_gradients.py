@@ -66,8 +66,9 @@ def _install():
         _installed["original"] = original
 
         def gradient(op, grad):
-            if getattr(_state, "active", 0) and _supported(op, grad):
-                return _canonical_gradient(op, grad)
+            geometry = _geometry(op, grad) if getattr(_state, "active", 0) else None
+            if geometry is not None:
+                return _canonical_gradient(op, grad, geometry)
             return original(op, grad)
 
         registry["Conv2D"] = dict(registry["Conv2D"], type=gradient)
@@ -149,10 +150,6 @@ def _geometry(op, grad):
     return shapes, strides, dilations, dilated, pads
 
 
-def _supported(op, grad):
-    return _geometry(op, grad) is not None
-
-
 def _interleave(t, axis, stride):
     """`t` with stride - 1 zeros between its entries along `axis` (an input dilation)."""
     if stride == 1:
@@ -167,10 +164,11 @@ def _interleave(t, axis, stride):
     return tf.slice(t, [0] * 4, shape)
 
 
-def _canonical_gradient(op, grad):
-    """[d input, d kernel] of a covered NHWC Conv2D, as forward (canonical) convs."""
+def _canonical_gradient(op, grad, geometry):
+    """[d input, d kernel] of a covered NHWC Conv2D (`geometry`: its `_geometry`), as
+    forward (canonical) convs."""
     x, kernel = op.inputs[0], op.inputs[1]
-    ((_, h, w, _), _, (_, oh, ow, _)), strides, dilations, dilated, pads = _geometry(op, grad)
+    ((_, h, w, _), _, (_, oh, ow, _)), strides, dilations, dilated, pads = geometry
     sizes, outs = (h, w), (oh, ow)
     # d input: dy, its entries spread by the stride, padded to the "full" convolution with
     # the kernel flipped in space and its input and output channels swapped (HWIO, I = O).
