@@ -588,9 +588,9 @@ _TAIL_LAYOUTS = [(41, 8, 4), (17, 8, 3), (3, 8, 2)]
 def test_the_last_group_in_xla_matches_the_graph_path_on_both_programs(samples, batch_size,
                                                                       k):
     """The epoch's last group, whatever its layout, is an XLA program (the whole-call
-    path's host call for the MLP and the Conv1D CNN, the per-step loop's branch for
-    the depthwise CNN) giving the graph
-    path's steps, accuracy and weights to float rounding, with sample weights."""
+    path's host call for the MLP and the Conv1D CNN, the per-step loop's branch for the
+    depthwise CNN) giving the graph path's steps, accuracy and weights to float rounding,
+    with sample weights."""
     rng = np.random.RandomState(samples)
     w = rng.rand(samples).astype("float32")
     options = dict(epochs=2, batch_size=batch_size, accumulate_gradients=k, seed=3,

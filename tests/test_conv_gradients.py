@@ -1,5 +1,6 @@
 """Conv2D's gradient written as forward convolutions (exburn_tf.conv_gradients)."""
 
+import contextlib
 import threading
 
 import keras
@@ -33,18 +34,10 @@ def _grads(x, kernel, padding, strides, dilations, canonical, jit):
             out = tf.nn.conv2d(x, kernel, [1, *strides, 1], padding,
                                dilations=[1, *dilations, 1])
             loss = tf.reduce_sum(out * tf.sin(out))
-        with conv_gradients.canonical_conv_gradients() if canonical else _null():
+        with conv_gradients.canonical_conv_gradients() if canonical else contextlib.nullcontext():
             return tape.gradient(loss, [x, kernel])
 
     return [g.numpy() for g in tf.function(run, jit_compile=jit)(x, kernel)]
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _data(x_shape, k_shape, seed=0):
@@ -82,7 +75,7 @@ def _backward_op_types(canonical, strides=1, data_format="NHWC", groups=1):
             tape.watch([x, kernel])
             loss = tf.reduce_sum(tf.nn.conv2d(x, kernel, strides, "SAME",
                                               data_format=data_format))
-        with conv_gradients.canonical_conv_gradients() if canonical else _null():
+        with conv_gradients.canonical_conv_gradients() if canonical else contextlib.nullcontext():
             return tape.gradient(loss, [x, kernel])
 
     graph = tf.function(run).get_concrete_function(x, kernel).graph
