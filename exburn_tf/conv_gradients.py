@@ -21,6 +21,16 @@ spatial dimension a stride or a dilation (Keras allows no layer both), "SAME", "
 explicit padding up to the dilated kernel's size less one, one group, static shapes. Any
 other `Conv2D` keeps TensorFlow's gradient, and so does every one where a GPU computes.
 The switch is per thread: another thread tracing meanwhile gets TensorFlow's gradient.
+
+The same switch writes the gradient of a `MaxPool` whose windows do not overlap (strides
+equal to the window, "VALID", or "SAME" where the sizes divide: Keras' `MaxPooling1D` /
+`MaxPooling2D` with their default strides) as elementwise selects. TensorFlow's gradient is
+`MaxPoolGrad`, which XLA lowers to a select-and-scatter that its CPU backend expands into
+index arrays for every input element, their concatenation and a scatter: in the MNIST-1D
+CNN's step (two pools of 2) that was most of a millisecond of about six
+(docs/performance.md). The selects pick, per window, the element XLA's select-and-scatter
+picks (the first that no later one exceeds, scanning the window row by row, NaNs as it
+treats them), so the gradient is the same bit for bit: it is routing, not arithmetic.
 """
 
 import contextlib
@@ -30,7 +40,7 @@ import keras
 import tensorflow as tf
 
 _state = threading.local()
-_installed = {}  # "original": TensorFlow's gradient function of Conv2D, once installed
+_installed = {}  # "original": True once the switched gradients are in the registry
 _install_lock = threading.Lock()
 
 
@@ -39,8 +49,8 @@ def _registry():
     try:
         from tensorflow.python.framework import ops
         registry = ops._gradient_registry._registry  # pylint: disable=protected-access
-        entry = registry["Conv2D"]
-        if isinstance(entry, dict) and "type" in entry and callable(entry["type"]):
+        if all(isinstance(registry[name], dict) and callable(registry[name].get("type"))
+               for name in _OP_TYPES):
             return registry
     except (ImportError, AttributeError, KeyError, TypeError):
         pass
@@ -62,23 +72,28 @@ def _install():
         registry = _registry()
         if registry is None:
             return False
-        original = registry["Conv2D"]["type"]
-        _installed["original"] = original
-
-        def gradient(op, grad):
-            geometry = _geometry(op, grad) if getattr(_state, "active", 0) else None
-            if geometry is not None:
-                return _canonical_gradient(op, grad, geometry)
-            return original(op, grad)
-
-        registry["Conv2D"] = dict(registry["Conv2D"], type=gradient)
+        for name, (geometry_of, rewritten) in _OP_TYPES.items():
+            registry[name] = dict(registry[name], type=_switched(
+                registry[name]["type"], geometry_of, rewritten))
+        _installed["original"] = True
         return True
+
+
+def _switched(original, geometry_of, rewritten):
+    """A gradient function: `rewritten` where the switch is on and the op is covered."""
+    def gradient(op, grad):
+        geometry = geometry_of(op, grad) if getattr(_state, "active", 0) else None
+        if geometry is not None:
+            return rewritten(op, grad, geometry)
+        return original(op, grad)
+
+    return gradient
 
 
 @contextlib.contextmanager
 def canonical_conv_gradients():
-    """While active (in this thread), the tape writes Conv2D's gradient canonically;
-    where `available()` is False, nothing changes."""
+    """While active (in this thread), the tape writes Conv2D's gradient canonically and
+    a covered MaxPool's as selects; where `available()` is False, nothing changes."""
     if not available() or not _install():
         yield False
         return
@@ -191,6 +206,64 @@ def _canonical_gradient(op, grad, geometry):
         [[0, 0], [pads[0][0], max(ends[0] - h, 0)], [pads[1][0], max(ends[1] - w, 0)],
          [0, 0]], dilations=[1, *strides, 1])
     return [d_input, tf.transpose(d_kernel, [1, 2, 0, 3])]
+
+
+def _pool_geometry(op, grad):
+    """(input shape, window) of a covered MaxPool, else None: NHWC, static shapes, strides
+    equal to the window, no padding ("VALID", or "SAME" where the window divides)."""
+    try:
+        if _attr(op, "data_format") != "NHWC":
+            return None
+        window, strides = list(op.get_attr("ksize")), list(op.get_attr("strides"))
+        padding = _attr(op, "padding")
+    except (ValueError, TypeError, AttributeError):
+        return None
+    shape = op.inputs[0].shape
+    if (shape.rank != 4 or not shape.is_fully_defined() or window != strides
+            or window[0] != 1 or window[3] != 1 or grad.shape.rank != 4):
+        return None
+    shape = shape.as_list()
+    window = window[1:3]
+    if padding == "SAME" and any(size % k for size, k in zip(shape[1:3], window)):
+        return None
+    if padding not in ("SAME", "VALID"):
+        return None
+    return shape, window
+
+
+def _pool_gradient(op, grad, geometry):
+    """d input of a covered MaxPool (`geometry`: its `_pool_geometry`), as selects.
+
+    Per window, the element XLA's select-and-scatter (select: >=) routes the gradient to:
+    scanning the window row by row, the kept one gives way to the next unless it is >= it.
+    Rows and columns no window reaches (VALID) get zeros."""
+    x = op.inputs[0]
+    (n, h, w, c), (kh, kw) = geometry
+    oh, ow = h // kh, w // kw
+    windows = tf.reshape(x[:, :oh * kh, :ow * kw, :], [n, oh, kh, ow, kw, c])
+    kept, chosen = None, None
+    for i in range(kh):
+        for j in range(kw):
+            value = windows[:, :, i, :, j, :]
+            if kept is None:
+                kept, chosen = value, tf.zeros(value.shape, tf.int32)
+                continue
+            gives_way = tf.logical_not(kept >= value)
+            kept = tf.where(gives_way, value, kept)
+            chosen = tf.where(gives_way, i * kw + j, chosen)
+    zero = tf.zeros_like(grad)
+    routed = tf.stack([tf.where(tf.equal(chosen, index), grad, zero)
+                       for index in range(kh * kw)], axis=3)        # n, oh, ow, kh*kw, c
+    routed = tf.reshape(routed, [n, oh, ow, kh, kw, c])
+    d_input = tf.reshape(tf.transpose(routed, [0, 1, 3, 2, 4, 5]), [n, oh * kh, ow * kw, c])
+    if (oh * kh, ow * kw) != (h, w):
+        d_input = tf.pad(d_input, [[0, 0], [0, h - oh * kh], [0, w - ow * kw], [0, 0]])
+    return d_input
+
+
+# Op type -> (its coverage test, its rewritten gradient).
+_OP_TYPES = {"Conv2D": (_geometry, _canonical_gradient),
+             "MaxPool": (_pool_geometry, _pool_gradient)}
 
 
 def covered_layer(layer):

@@ -454,11 +454,12 @@ def test_jit_compile_auto_picks_the_xla_program_per_device_type_and_model(monkey
 
 def _conv_model(seed=0, covered=False):
     """A CNN. Depthwise (the default), its gradient keeps TensorFlow's form: the per-step
-    program. `covered`, Conv1Ds (one strided) whose gradients `conv_gradients` writes:
-    the whole call."""
+    program. `covered`, Conv1Ds (one strided) and a max pool whose gradients
+    `conv_gradients` writes: the whole call."""
     keras.utils.set_random_seed(seed)
     convs = ([keras.layers.Conv1D(4, 3, padding="same", use_bias=False),
-              keras.layers.Conv1D(4, 3, strides=2, padding="same")] if covered else
+              keras.layers.Conv1D(4, 3, strides=2, padding="same"),
+              keras.layers.MaxPooling1D(2)] if covered else
              [keras.layers.DepthwiseConv1D(3, depth_multiplier=4, padding="same",
                                            use_bias=False)])
     return keras.Sequential([
@@ -520,9 +521,10 @@ def test_the_per_step_xla_program_matches_the_graph_path_with_one_trace(monkeypa
 
 
 def test_a_cnn_runs_the_whole_call_xla_loop_as_the_graph_path():
-    """Conv1D / Conv2D gradients are written as forward convolutions
-    (`conv_gradients`), the form XLA's CPU loops run fast: the CNN's steps run inside the
-    whole call's XLA loop, with no backprop convolution anywhere in it, giving the graph
+    """Conv1D / Conv2D gradients are written as forward convolutions and MaxPool's as
+    selects (`conv_gradients`), the forms XLA's CPU loops run fast: the CNN's steps run
+    inside the whole call's XLA loop, with no backprop convolution or MaxPoolGrad in it,
+    giving the graph
     path's steps, BatchNorm statistics and weights to float rounding, identical reruns and
     one trace per static shape."""
     x, y = _signals(51), classification_data(51)[1]  # 6 batches of 8 and one of 3; k=2
@@ -538,7 +540,8 @@ def test_a_cnn_runs_the_whole_call_xla_loop_as_the_graph_path():
     (concrete,) = function._list_all_concrete_functions()
     counts = _op_counts(concrete)
     assert counts["Conv2D"] >= 3 and counts["While"] + counts["StatelessWhile"] == 1
-    assert not {"Conv2DBackpropInput", "Conv2DBackpropFilter"} & set(counts)
+    assert not {"Conv2DBackpropInput", "Conv2DBackpropFilter", "MaxPoolGrad"} & set(counts)
+    assert counts["MaxPool"] >= 1
 
 
 def test_a_cnn_resumes_mid_epoch_bit_identical_on_the_whole_call(tmp_path):

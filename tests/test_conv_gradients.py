@@ -125,3 +125,80 @@ def test_covered_layers_are_single_group_channels_last_convolutions():
     assert not covered(keras.layers.DepthwiseConv2D(3))
     assert not covered(keras.layers.Conv3D(4, 3))
     assert not covered(keras.layers.Dense(4))
+
+
+# (input NHWC, window = strides, padding): MaxPool windows that do not overlap.
+_POOL_CASES = [
+    ((4, 1, 40, 3), (1, 2), "VALID"),     # Keras' MaxPooling1D(2)
+    ((4, 1, 41, 3), (1, 2), "VALID"),     # a last column no window reaches
+    ((3, 9, 8, 2), (3, 2), "VALID"),      # MaxPooling2D((3, 2))
+    ((3, 9, 8, 2), (3, 2), "SAME"),       # SAME where the window divides: no padding
+    ((3, 10, 9, 2), (3, 2), "VALID"),     # rows and columns no window reaches
+]
+
+
+def _pool_grads(x, window, padding, switched, jit, strides=None):
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = tf.nn.max_pool2d(x, window, strides or window, padding)
+            loss = tf.reduce_sum(out * tf.sin(out + 1.0))
+        with conv_gradients.canonical_conv_gradients() if switched else contextlib.nullcontext():
+            return tape.gradient(loss, x)
+
+    function = tf.function(run, jit_compile=jit)
+    graph = function.get_concrete_function(x).graph
+    return function(x).numpy(), {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize("x_shape,window,padding", _POOL_CASES)
+def test_max_pool_gradient_as_selects_equals_tensorflows(x_shape, window, padding):
+    """Ties (small integers) and NaNs go where XLA's select-and-scatter sends them: in XLA
+    the gradients are equal bit for bit; on the graph path too, NaNs aside (TensorFlow's
+    CPU kernel places a NaN window's gradient its own way, and the switch is for XLA)."""
+    x = np.random.RandomState(0).randint(0, 3, x_shape).astype("float32")
+    for jit, nans in ((True, True), (True, False), (False, False)):
+        data = x.copy()
+        if nans:
+            data[0, 0, :3, 0] = np.nan
+            data[1, -1, -2:, 1] = np.nan
+        ours, ours_ops = _pool_grads(tf.constant(data), window, padding, True, jit)
+        theirs, theirs_ops = _pool_grads(tf.constant(data), window, padding, False, jit)
+        assert "MaxPoolGrad" not in ours_ops and "MaxPoolGrad" in theirs_ops
+        assert ours.shape == theirs.shape == x_shape
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_only_non_overlapping_max_pools_get_selects():
+    x = tf.constant(np.random.RandomState(1).randn(2, 9, 8, 3).astype("float32"))
+    for window, strides, padding in (((3, 3), (2, 2), "VALID"),   # overlapping windows
+                                     ((2, 2), (2, 2), "SAME")):   # SAME pads 9 rows
+        _, ops = _pool_grads(x, window, padding, True, True, strides=strides)
+        assert "MaxPoolGrad" in ops
+    _, ops = _pool_grads(x, (1, 2), "VALID", True, True)
+    assert "MaxPoolGrad" not in ops
+
+
+@pytest.mark.parametrize("layer", [keras.layers.MaxPooling1D(2),
+                                   keras.layers.MaxPooling1D(3, padding="same"),
+                                   keras.layers.MaxPooling2D(2)])
+def test_keras_max_pooling_layers_get_selects(layer):
+    """Keras' pooling layers emit the MaxPool op the switch covers; their gradient in XLA
+    equals TensorFlow's."""
+    shape = (4, 12, 3) if "1D" in type(layer).__name__ else (4, 6, 8, 3)
+    x = tf.constant(np.random.RandomState(2).randint(0, 4, shape).astype("float32"))
+
+    def run(x, switched):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(layer(x)))
+        with conv_gradients.canonical_conv_gradients() if switched else contextlib.nullcontext():
+            return tape.gradient(loss, x)
+
+    grads = {}
+    for switched in (True, False):
+        function = tf.function(lambda x, s=switched: run(x, s), jit_compile=True)
+        ops = {op.type for op in function.get_concrete_function(x).graph.get_operations()}
+        assert ("MaxPoolGrad" in ops) is not switched
+        grads[switched] = function(x).numpy()
+    np.testing.assert_array_equal(grads[True], grads[False])
