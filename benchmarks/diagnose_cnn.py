@@ -6,8 +6,9 @@ compiled by each backend's XLA, with none of eb.fit's or Keras' features around 
 
     jax                `jax.jit` of the step, called from Python (Keras' JAX trainer)
     tf_xla_loop        the steps inside one XLA while loop, the Conv2D gradients written as
-                       forward convolutions (`exburn_tf.conv_gradients`): the form eb.fit's
-                       whole-call program takes for this CNN
+                       forward convolutions and the MaxPool ones as selects
+                       (`exburn_tf.conv_gradients`): the form eb.fit's whole-call program
+                       takes for this CNN
     tf_xla_loop_tf_grads  the same loop with TensorFlow's own Conv2D gradients (backprop
                        convolutions, which XLA's CPU backend runs as plain loops in a loop)
     tf_xla_from_graph  the step as one XLA computation called from a TF graph loop (the
