@@ -241,16 +241,12 @@ def _pool_gradient(op, grad, geometry):
     (n, h, w, c), (kh, kw) = geometry
     oh, ow = h // kh, w // kw
     windows = tf.reshape(x[:, :oh * kh, :ow * kw, :], [n, oh, kh, ow, kw, c])
-    kept, chosen = None, None
-    for i in range(kh):
-        for j in range(kw):
-            value = windows[:, :, i, :, j, :]
-            if kept is None:
-                kept, chosen = value, tf.zeros(value.shape, tf.int32)
-                continue
-            gives_way = tf.logical_not(kept >= value)
-            kept = tf.where(gives_way, value, kept)
-            chosen = tf.where(gives_way, i * kw + j, chosen)
+    elements = [windows[:, :, i, :, j, :] for i in range(kh) for j in range(kw)]
+    kept, chosen = elements[0], tf.zeros(elements[0].shape, tf.int32)
+    for index, value in enumerate(elements[1:], start=1):
+        gives_way = tf.logical_not(kept >= value)
+        kept = tf.where(gives_way, value, kept)
+        chosen = tf.where(gives_way, index, chosen)
     zero = tf.zeros_like(grad)
     routed = tf.stack([tf.where(tf.equal(chosen, index), grad, zero)
                        for index in range(kh * kw)], axis=3)        # n, oh, ow, kh*kw, c

@@ -524,9 +524,8 @@ def test_a_cnn_runs_the_whole_call_xla_loop_as_the_graph_path():
     """Conv1D / Conv2D gradients are written as forward convolutions and MaxPool's as
     selects (`conv_gradients`), the forms XLA's CPU loops run fast: the CNN's steps run
     inside the whole call's XLA loop, with no backprop convolution or MaxPoolGrad in it,
-    giving the graph
-    path's steps, BatchNorm statistics and weights to float rounding, identical reruns and
-    one trace per static shape."""
+    giving the graph path's steps, BatchNorm statistics and weights to float rounding,
+    identical reruns and one trace per static shape."""
     x, y = _signals(51), classification_data(51)[1]  # 6 batches of 8 and one of 3; k=2
     options = dict(FULL_OPTIONS, batch_size=8, accumulate_gradients=2)
     graph, _ = _conv_fit(False, x, y, covered=True, **options)
