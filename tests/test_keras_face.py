@@ -332,3 +332,29 @@ def test_validation_steps_and_validation_batch_size():
     options = dict(FIT, validation_data=(x[:30], y[:30]), validation_steps=2,
                    validation_batch_size=7)  # validates on 14 of the 30 samples
     _same(reference, model, reference.fit(x, y, **options), model.fit(x, y, **options))
+
+
+def _pooling_cnn():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((12, 1)), keras.layers.Conv1D(4, 3, padding="same", use_bias=False),
+        keras.layers.BatchNormalization(), keras.layers.ReLU(), keras.layers.MaxPooling1D(2),
+        keras.layers.Conv1D(4, 3, padding="same"), keras.layers.MaxPooling1D(2),
+        keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(CLASSES)])
+
+
+def test_a_cnn_with_batch_norm_and_max_pools_matches_keras():
+    """On CPU the CNN trains in eb's whole-call XLA program, its max pools' gradients as
+    selects (`conv_gradients`); weights, BatchNorm statistics and history equal Keras' fit,
+    the partial last batch (50 = 6 x 8 + 2) included."""
+    from exburn_tf import cache as cache_lib
+
+    x = np.random.default_rng(3).normal(size=(N, 12, 1)).astype("float32")
+    y = _data()[1]
+    reference, model = _pair(_pooling_cnn, loss=_sparse(), metrics=["accuracy"])
+    options = dict(FIT, validation_data=(x[:20], y[:20]))
+    expected = reference.fit(x, y, **options)
+    got = model.fit(x, y, **options)
+    (step,) = cache_lib.model_cache(model, "train_steps").values()
+    assert step.whole_call_xla
+    _same(reference, model, expected, got)
