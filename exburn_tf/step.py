@@ -428,6 +428,19 @@ class TrainStep:
         self._lean = value
         self._forward_backward.static_batch_in_xla = value is not None
 
+    @contextlib.contextmanager
+    def _tracing_xla(self, kind):
+        """While tracing an XLA program of `kind` ("call" or "step"): `lean`, and where
+        the CPU runs it, the global norm's sums in the form its backend runs fastest
+        (`gradients.blocked_sum`)."""
+        self.lean = kind
+        try:
+            with (gradients_lib.blocked_sums() if not tf.config.list_logical_devices("GPU")
+                  else contextlib.nullcontext()):
+                yield
+        finally:
+            self.lean = None
+
     def configure(self, config):
         """Takes the numbers of `config`, a config of the same structure (no retrace)."""
         self.config = config
@@ -568,8 +581,7 @@ class TrainStep:
         15% at batch 32 (docs/performance.md). The host calls again after a skipped step
         (`_xla_array_call`); a refused one, or `max_skipped_in_row`, stops the call."""
         self.trace_count += 1  # Python side effect: runs only while tracing.
-        self.lean = "call"
-        try:
+        with self._tracing_xla("call"):
             k = self.config.accumulate
             state = self.model.state
 
@@ -601,8 +613,6 @@ class TrainStep:
             sums, last_lr, bad = commit(prepared, group, "select", sums, last_lr, bad)
             max_in_row = tf.cast(state.skipped_in_row, tf.float32)
             return tf.concat([sums, [last_lr, 0.0, max_in_row], bad], axis=0)
-        finally:
-            self.lean = None
 
     def _skip_limit(self):
         if self.config.max_skipped_in_row:
@@ -865,12 +875,9 @@ class TrainStep:
         """One optimizer step over a group the host has checked is there (`count`
         micro-batches, default k), traced for an XLA program without a loop or cond:
         (got, sums, rate, refusal)."""
-        self.lean = "step"
-        try:
+        with self._tracing_xla("step"):
             got, *group = self._accumulate_full(batches, 0, count)
             return (got, *self._step_outputs(got, *group, last_lr, bad))
-        finally:
-            self.lean = None
 
     def _full_group_step(self, batch_size):
         """One optimizer step over a full group of array micro-batches as one XLA

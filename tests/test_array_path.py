@@ -449,6 +449,31 @@ def test_jit_compile_auto_picks_the_xla_program_per_device_type_and_model(monkey
     assert not step.whole_call_xla and not step.step_xla
 
 
+@pytest.mark.auto_xla
+def test_the_whole_call_sums_the_global_norm_fused_with_the_squares():
+    """On CPU the whole-call program sums the global norm's squares in blocks XLA keeps
+    (`gradients.blocked_sum`): it holds no windowed sum over the first kernel. With
+    `tf.reduce_sum` XLA's CPU backend wrote the squares out and summed them in windows,
+    about a fifth of an MLP step at batch 32 (docs/performance.md)."""
+    keras.utils.set_random_seed(0)
+    model = eb.Model.compile(keras.Sequential([
+        keras.Input((784,)), keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(4)]), loss="cross_entropy", optimizer="sgd")
+    x = np.random.default_rng(0).standard_normal((40, 784)).astype("float32")
+    y = np.arange(40, dtype="int32") % 4
+    eb.fit(model, (x, y), verbose=False, epochs=1, batch_size=8, clip_norm=1.0,
+           jit_compile="auto")
+    step = _train_step(model)
+    assert step.whole_call_xla
+    (function,) = step._xla_functions.values()
+    (concrete,) = function._list_all_concrete_functions()
+    args = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype),
+                                 concrete.structured_input_signature[0])
+    hlo = function.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
+    windows = [line for line in hlo.splitlines() if "reduce-window(" in line]
+    assert windows and not [line for line in windows if "size=32x32" in line]  # [784, 256]
+
+
 # -- a model with convolutions: one XLA computation per optimizer step --------------------
 
 

@@ -22,6 +22,61 @@ def test_global_norm_hand_computed_and_none():
     assert G.global_norm([tf.constant([3.0, 4.0], tf.float16)]).dtype == tf.float32
 
 
+@pytest.mark.parametrize("size", [1, 31, 32, 33, 1023, 1024, 1025, 784 * 256 + 7])
+def test_blocked_sum_is_the_sum_of_every_entry(size):
+    """Blocks of 32 (zeros padding a short last one), then blocks of their sums: the sum
+    of all entries, to float32 rounding, whatever the size and rank."""
+    values = np.random.default_rng(size).standard_normal(size).astype(np.float32) ** 2
+    expected = values.astype(np.float64).sum()
+    for shaped in (values, values.reshape(1, size), values.reshape(size, 1)):
+        got = G.blocked_sum(tf.constant(shaped))
+        assert got.dtype == tf.float32 and got.shape == ()
+        assert float(got) == pytest.approx(expected, rel=2e-6)
+    ragged = tf.function(G.blocked_sum, input_signature=[tf.TensorSpec(None, tf.float32)])
+    assert float(ragged(tf.constant(values))) == pytest.approx(expected, rel=2e-6)
+
+
+def test_blocked_sum_stays_exact_where_a_running_sum_drifts():
+    """A million equal entries: a running float32 sum stalls once each entry is below half
+    an ulp of it; the blocked sum, like XLA's own tree of sums, is exact."""
+    ones = tf.ones([1_000_000])
+    assert float(G.blocked_sum(ones)) == 1_000_000.0
+    assert float(G.blocked_sum(tf.fill([3, 2 ** 20], 0.1))) == pytest.approx(
+        3 * 2 ** 20 * 0.1, rel=1e-6)
+
+
+def _writes_out_squares(function, *args):
+    """Whether `function`'s XLA program writes a [784, 256] array out: the squares of the
+    first gradient, when its sum is not fused with them."""
+    hlo = tf.function(function, jit_compile=True).experimental_get_compiler_ir(*args)(
+        stage="optimized_hlo")
+    return any(" = f32[784,256]" in line and " fusion(" in line for line in hlo.splitlines())
+
+
+def test_blocked_sums_keep_the_norm_fused_in_xla():
+    """Inside `blocked_sums()` the global norm is the same number, and in its XLA program
+    the squares are summed as they are computed. Outside it (`tf.reduce_sum`, what the
+    graph path runs) XLA rewrites a sum over more than 32 entries along a dimension into
+    windowed sums, and its CPU backend writes the squares out first."""
+    rng = np.random.default_rng(3)
+    grads = [tf.constant(rng.standard_normal(shape), tf.float32)
+             for shape in [(784, 256), (256,), (256, 10), (10,)]]
+    expected = np.sqrt(sum((np.asarray(g, np.float64) ** 2).sum() for g in grads))
+
+    def norm(*g):
+        return G.global_norm(list(g))
+
+    assert _writes_out_squares(norm, *grads)
+    with G.blocked_sums():
+        assert float(tf.function(norm, jit_compile=True)(*grads)) == pytest.approx(
+            expected, rel=1e-6)
+        assert not _writes_out_squares(norm, *grads)
+        with G.blocked_sums():  # nested: still on after the inner one ends
+            pass
+        assert not _writes_out_squares(lambda *g: norm(*g) * 1.0, *grads)
+    assert _writes_out_squares(lambda *g: norm(*g) * 2.0, *grads)
+
+
 def test_clip_by_global_norm_above_threshold():
     clipped, norm = G.clip_by_global_norm(GRADS, 6.5)
     factor = 6.5 / (13.0 + 1e-8)
