@@ -97,7 +97,7 @@ def blocked_sum(t):
     as scalar loops: in the MLP 784-256-128-10 at batch 32, about a fifth of an optimizer
     step. Here each reduction spans at most `SUM_BLOCK` entries, so XLA keeps them and fuses
     the first ones with the squares. The first blocks divide the size where a divisor from
-    8 to 32 does (zeros padding the whole array would cost a pass over it). Where every
+    8 to 32 does, so the array itself is padded only where none does. Where every
     level divides evenly XLA may merge the levels back into one reduction and rewrite that
     as before: no slower than `tf.reduce_sum`. (A padded zero to stop that gets fused into
     the loop and costs more than it saves.) A sum of sums, like the rewrite's: at least as

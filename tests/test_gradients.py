@@ -24,8 +24,8 @@ def test_global_norm_hand_computed_and_none():
 
 @pytest.mark.parametrize("size", [1, 31, 32, 33, 1023, 1024, 1025, 784 * 256 + 7])
 def test_blocked_sum_is_the_sum_of_every_entry(size):
-    """Blocks of 32 (zeros padding a short last one), then blocks of their sums: the sum
-    of all entries, to float32 rounding, whatever the size and rank."""
+    """Blocks of at most 32 (zeros padding a short last one), then blocks of their sums:
+    the sum of all entries, to float32 rounding, whatever the size and rank."""
     values = np.random.default_rng(size).standard_normal(size).astype(np.float32) ** 2
     expected = values.astype(np.float64).sum()
     for shaped in (values, values.reshape(1, size), values.reshape(size, 1)):
