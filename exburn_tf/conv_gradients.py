@@ -39,6 +39,8 @@ import threading
 import keras
 import tensorflow as tf
 
+from exburn_tf import devices
+
 _state = threading.local()
 _installed = {}  # "original": True once the switched gradients are in the registry
 _install_lock = threading.Lock()
@@ -60,7 +62,7 @@ def _registry():
 def available():
     """Whether the swap applies here: XLA's CPU backend computes (on a GPU, XLA hands
     every convolution layout to cuDNN), and this TensorFlow's private registry lets it."""
-    if tf.config.list_logical_devices("GPU"):
+    if devices.compute_device_type() != "CPU":
         return False
     return "original" in _installed or _registry() is not None
 

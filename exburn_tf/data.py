@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from exburn_tf import step as step_lib
+from exburn_tf import devices
 from exburn_tf.validation import INT64_MAX
 
 
@@ -338,7 +339,7 @@ class TrainData:
         self.validation_arrays = None
         self._device_arrays = None
         # The device the step runs on (one device: `array_epoch`).
-        self._device = compute_device()
+        self._device = devices.compute_device()
         if isinstance(data, tf.data.Dataset):
             self._init_dataset(data, sample_weight, class_weight, validation_split)
         else:
@@ -494,23 +495,6 @@ class TrainData:
         predictions = checked_forward(model, x, "data")
         check_labels(model, y if self.arrays is None else self.arrays[1], predictions, "data")
         checked_loss(model, y, predictions, "data", weighted=bool(weights))
-
-
-def compute_device_type():
-    """"GPU" when TensorFlow sees a GPU (the step runs on the first), else "CPU"."""
-    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-
-
-def compute_device():
-    """The device the one-device step runs on: "/gpu:0" or "/cpu:0"."""
-    return f"/{compute_device_type().lower()}:0"
-
-
-def feed_device():
-    """The accelerator one-device tf.data batches are prefetched to ("/gpu:0"), or
-    None on a CPU, where they are in the step's memory already."""
-    device = compute_device()
-    return None if device == "/cpu:0" else device
 
 
 def epoch_order(n, seed, epoch, shuffle):

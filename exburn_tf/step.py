@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from exburn_tf import conv_gradients
+from exburn_tf import devices
 from exburn_tf import gradients as gradients_lib
 from exburn_tf import losses as losses_lib
 from exburn_tf import metrics as metrics_lib
@@ -435,7 +436,7 @@ class TrainStep:
         (`gradients.blocked_sum`)."""
         self.lean = kind
         try:
-            with (gradients_lib.blocked_sums() if not tf.config.list_logical_devices("GPU")
+            with (gradients_lib.blocked_sums() if devices.compute_device_type() == "CPU"
                   else contextlib.nullcontext()):
                 yield
         finally:

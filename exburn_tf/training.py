@@ -21,6 +21,7 @@ from exburn_tf import checkpoint as checkpoint_lib
 from exburn_tf import callbacks as callbacks_lib
 from exburn_tf import conv_gradients
 from exburn_tf import data as data_lib
+from exburn_tf import devices
 from exburn_tf import gradients as gradients_lib
 from exburn_tf import mixed_precision
 from exburn_tf import schedules as schedules_lib
@@ -391,7 +392,7 @@ class _Fit:
         accelerator, batches copied into its memory ahead of the step that takes them
         (`prefetch_to_device`), unless a checkpoint saves the iterator's position,
         which such an iterator cannot."""
-        device = data_lib.feed_device()
+        device = devices.feed_device()
         if device is None or self.saves_iterator or tf.distribute.has_strategy():
             return iter(self.strategy.experimental_distribute_dataset(dataset))
         return iter(dataset.apply(tf.data.experimental.prefetch_to_device(device)))
@@ -535,7 +536,7 @@ def _xla_programs(jit_compile, keras_model, in_graph_arrays):
     layers = list(keras_model._flatten_layers(include_self=True, recursive=True))
     # As Keras' own "auto": no XLA for a model with a layer that says it cannot.
     if jit_compile == "auto" and not (
-            AUTO_XLA[data_lib.compute_device_type()]
+            AUTO_XLA[devices.compute_device_type()]
             and all(getattr(layer, "supports_jit", True) for layer in layers)):
         return False, False
     if _has_loop_slow_layers(layers):

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import exburn_tf as eb
 from exburn_tf import data as data_lib
+from exburn_tf import devices
 from training_helpers import (
     NumpyOptimizer,
     classification_data,
@@ -438,7 +439,7 @@ def _prefetching_to(monkeypatch, device):
         applied.append(target)
         return real(target, buffer_size)
 
-    monkeypatch.setattr(data_lib, "feed_device", lambda: device)
+    monkeypatch.setattr(devices, "feed_device", lambda: device)
     monkeypatch.setattr(tf.data.experimental, "prefetch_to_device", recording)
     return applied
 
@@ -471,11 +472,26 @@ def test_an_iterator_a_checkpoint_saves_is_not_prefetched(monkeypatch, tmp_path)
     assert applied == [] and model.step == 16
 
 
-def test_the_feed_device_is_the_accelerator_the_step_runs_on(monkeypatch):
-    monkeypatch.setattr(data_lib, "compute_device_type", lambda: "GPU")
-    assert data_lib.feed_device() == "/gpu:0"
-    monkeypatch.setattr(data_lib, "compute_device_type", lambda: "CPU")
-    assert data_lib.feed_device() is None  # on a CPU the batches are in place
+@pytest.mark.auto_xla  # the real AUTO_XLA table; nothing here compiles
+def test_every_device_choice_follows_the_one_device_question(monkeypatch):
+    """Where tf.data batches are prefetched to, whether "auto" runs an XLA program, whether
+    convolution gradients are swapped and whether the norm sums in blocks: each follows
+    `devices.compute_device_type`, so on a GPU machine all of them change together
+    (the answer is patched here; no GPU is needed)."""
+    import types
+    from exburn_tf import conv_gradients, gradients, step as step_lib, training
+
+    def choices():
+        tracer = types.SimpleNamespace(lean=None)  # all `_tracing_xla` touches of a step
+        with step_lib.TrainStep._tracing_xla(tracer, "call"):
+            blocked = bool(getattr(gradients._sums, "blocked", 0))
+        return (devices.feed_device(), conv_gradients.available(), blocked,
+                training._xla_programs("auto", mlp(), True))
+
+    assert choices() == (None, True, True, (True, False))  # this machine's CPU
+    monkeypatch.setattr(devices, "compute_device_type", lambda: "GPU")
+    assert devices.compute_device() == "/gpu:0"
+    assert choices() == ("/gpu:0", False, False, (False, False))
 
 
 def test_a_strategy_places_its_batches_itself(monkeypatch):
