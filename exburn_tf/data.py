@@ -21,8 +21,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from exburn_tf import step as step_lib
 from exburn_tf import devices
+from exburn_tf import step as step_lib
 from exburn_tf.validation import INT64_MAX
 
 
