@@ -19,9 +19,9 @@ The fixed order of one optimizer step (SPEC section 4):
 
 `GradientPipeline` is that chain after averaging, as one ordered tuple of stages.
 
-Inside an XLA program on CPU the step traces under `blocked_sums()`, which makes
-`global_norm` sum each gradient's squares in blocks of 32 (see `blocked_sum`): the form
-XLA's CPU backend runs fastest, and a sum at least as exact as its own.
+Inside an XLA program the step traces under `blocked_sums()`, which on CPU makes
+`global_norm` sum each gradient's squares in blocks of at most 32 (see `blocked_sum`): the
+form XLA's CPU backend runs fastest, and a sum at least as exact as its own.
 """
 import contextlib
 import math
@@ -30,6 +30,8 @@ import threading
 from typing import NamedTuple
 
 import tensorflow as tf
+
+from exburn_tf import devices
 
 NORM_EPSILON = 1e-8
 # XLA's tree-reduction rewrite leaves a reduction alone only if every reduced dimension
@@ -79,7 +81,12 @@ def global_norm(grads):
 @contextlib.contextmanager
 def blocked_sums():
     """While active (in this thread), `global_norm` sums with `blocked_sum`: for tracing
-    an XLA program that runs on CPU. Elsewhere `tf.reduce_sum`'s own kernel is faster."""
+    an XLA program that runs on CPU. Elsewhere `tf.reduce_sum`'s own kernel is faster, so
+    where the step runs on a GPU nothing changes (as with
+    `conv_gradients.canonical_conv_gradients`)."""
+    if devices.compute_device_type() != "CPU":
+        yield
+        return
     _sums.blocked = getattr(_sums, "blocked", 0) + 1
     try:
         yield

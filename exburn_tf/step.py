@@ -44,7 +44,6 @@ import numpy as np
 import tensorflow as tf
 
 from exburn_tf import conv_gradients
-from exburn_tf import devices
 from exburn_tf import gradients as gradients_lib
 from exburn_tf import losses as losses_lib
 from exburn_tf import metrics as metrics_lib
@@ -433,11 +432,10 @@ class TrainStep:
     def _tracing_xla(self, kind):
         """While tracing an XLA program of `kind` ("call" or "step"): `lean`, and where
         the CPU runs it, the global norm's sums in the form its backend runs fastest
-        (`gradients.blocked_sum`)."""
+        (`gradients.blocked_sums`)."""
         self.lean = kind
         try:
-            with (gradients_lib.blocked_sums() if devices.compute_device_type() == "CPU"
-                  else contextlib.nullcontext()):
+            with gradients_lib.blocked_sums():
                 yield
         finally:
             self.lean = None
